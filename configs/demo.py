@@ -1,0 +1,19 @@
+"""Demo: the 139-transform table and one real CIFAR-10 image under all of them.
+
+python -m deepaa_jax.main --config=configs/demo.py --workdir=runs/demo
+"""
+
+import ml_collections
+
+from deepaa_jax import input_pipeline
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+  config.job = "demo"
+  config.seed = 0  # PRNG seed of the random ops' draws.
+  config.input = input_pipeline.default_input_config()
+  config.demo = ml_collections.ConfigDict()
+  config.demo.space = "cifar"  # search space: "cifar" or "imagenet".
+  config.demo.image_index = 7  # index of the image in the test split.
+  return config

@@ -1,0 +1,33 @@
+"""deepaa-jax: Deep AutoAugment (Zheng et al., ICLR 2022) in JAX/Flax.
+
+Public API (see README.md for how the pieces fit):
+  * `ops`: the 18 DeepAA image operations as pure JAX functions, pixel-exact
+    to Pillow.
+  * `SearchSpace`, `cifar_space`, `imagenet_space`, `apply_all`,
+    `apply_transform`, `apply_chain`, `apply_chain_batch`: the 139-transform
+    search spaces and their on-device application.
+"""
+
+from deepaa_jax import ops
+from deepaa_jax.space import apply_all
+from deepaa_jax.space import apply_chain
+from deepaa_jax.space import apply_chain_batch
+from deepaa_jax.space import apply_transform
+from deepaa_jax.space import cifar_space
+from deepaa_jax.space import get_space
+from deepaa_jax.space import imagenet_space
+from deepaa_jax.space import SearchSpace
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "ops",
+    "SearchSpace",
+    "apply_all",
+    "apply_chain",
+    "apply_chain_batch",
+    "apply_transform",
+    "cifar_space",
+    "get_space",
+    "imagenet_space",
+)

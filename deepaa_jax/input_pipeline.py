@@ -1,0 +1,1013 @@
+"""Input pipeline: in-memory image datasets, deterministic batching, TFDS I/O.
+
+Contract, stated once for the whole module:
+
+* Images are ``uint8[N, H, W, 3]`` RGB (NHWC) and labels ``int32[N]`` everywhere
+  on the host. Nothing here converts pixels to float: augmentation and
+  normalisation run on the device (see :func:`normalize`, which is a pure
+  function meant to be called inside ``jax.jit``).
+* Every random choice is a pure function of explicit integer seeds (numpy
+  ``Generator`` seeded through ``SeedSequence``), so a run can be resumed at any
+  step and reproduces the same data order.
+* ``tensorflow`` and ``tensorflow_datasets`` are imported lazily, only by the
+  functions that need them, and TF is told not to touch any GPU. Importing this
+  module costs only numpy.
+
+Data sources (``config.input.source``):
+
+* ``"npz"``: a numpy archive with keys ``train_images``, ``train_labels``,
+  ``test_images``, ``test_labels`` (optionally ``label_names``), e.g. the
+  offline ``shared/data/cifar10.npz`` (full CIFAR-10 in the original order; pixels carry
+  JPEG error, labels are exact; see ``shared/data/README.md``).
+* ``"tfds"``: a prepared TFDS directory read with ``download=False``. Such a
+  directory can be written from an npz with :func:`write_tfds_from_npz` or
+  ``python experiments/prepare_tfds.py --npz=... --data_dir=...``.
+
+Reference: the official DeepAA code (clean-room spec in
+``shared/reference/official_deepaa_spec.md``): search splits §2.2, normalisation
+constants §1.3, evaluation pipelines §4.3.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+# ---------------------------------------------------------------------------
+# Constants.
+# ---------------------------------------------------------------------------
+
+# Search-time CIFAR statistics (spec §1.3, `data_generator.py:14-15`); used for
+# CIFAR-10 and CIFAR-100 alike.
+CIFAR_SEARCH_MEAN = (0.49139968, 0.48215841, 0.44653091)
+# Evaluation-time CIFAR statistics (spec §4.3, `DeepAA_evaluate/data.py:34`);
+# the CIFAR-10 values are used for CIFAR-100 too.
+CIFAR_EVAL_MEAN = (0.4914, 0.4822, 0.4465)
+# The same std is used by search and evaluation (it is the per-pixel std that
+# the AutoAugment code popularised, not the per-channel dataset std).
+CIFAR_STD = (0.2023, 0.1994, 0.2010)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_KNOWN_NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet2012": 1000}
+
+# Official CIFAR search splits (spec §2.2): half-open index ranges into the
+# 50,000-image training set in its original order.
+CIFAR_TRAIN_SIZE = 50_000
+OFFICIAL_SEARCH_RANGES = {
+    "pretrain": (0, 5_000),
+    "search": (5_000, 40_000),
+    "val": (40_000, 50_000),
+}
+
+# Domain-separation tags so that the same user seed gives independent streams
+# for different purposes.
+_TAG_BATCHES = 0x6261746368   # "batch"
+_TAG_SUBSET = 0x737562736574  # "subset"
+
+_REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+_DEFAULT_NPZ_RELATIVE = os.path.join("..", "shared", "data", "cifar10.npz")
+
+_PREPARE_HINT = (
+    "`python experiments/prepare_tfds.py --npz=/path/to/data.npz "
+    "--data_dir=/path/to/tfds_dir`")
+
+
+class DatasetNotFoundError(FileNotFoundError):
+  """The requested dataset is not available locally.
+
+  Nothing is ever downloaded by this project; the message says what was looked
+  for and how to provide it.
+  """
+
+
+# ---------------------------------------------------------------------------
+# Containers.
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Split:
+  """One in-memory split.
+
+  Attributes:
+    images: uint8[N, H, W, 3], RGB, values in [0, 255].
+    labels: int32[N], class ids in [0, num_classes). Any integer dtype is
+      accepted at construction and converted to int32.
+  """
+  images: np.ndarray
+  labels: np.ndarray
+
+  def __post_init__(self):
+    images, labels = self.images, self.labels
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
+      raise ValueError(
+          f"Split.images must be a numpy uint8 array, got "
+          f"{type(images).__name__} of dtype {getattr(images, 'dtype', None)}.")
+    if images.ndim != 4 or images.shape[-1] != 3:
+      raise ValueError(
+          f"Split.images must have shape [N, H, W, 3], got {images.shape}.")
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+      raise ValueError(
+          f"Split.labels must be a 1-D integer array, got shape {labels.shape} "
+          f"and dtype {labels.dtype}.")
+    if labels.shape[0] != images.shape[0]:
+      raise ValueError(
+          f"Split has {images.shape[0]} images but {labels.shape[0]} labels.")
+    if labels.dtype != np.int32:
+      object.__setattr__(self, "labels", labels.astype(np.int32))
+
+  @property
+  def size(self) -> int:
+    """Number of examples N."""
+    return int(self.images.shape[0])
+
+  def take(self, indices: np.ndarray) -> "Split":
+    """Returns the examples at `indices` (int[M]) as a new Split (a copy)."""
+    indices = np.asarray(indices)
+    return Split(self.images[indices], self.labels[indices])
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dataset:
+  """An in-memory image-classification dataset.
+
+  Attributes:
+    name: dataset name, e.g. "cifar10".
+    num_classes: number of classes C; labels lie in [0, C).
+    image_shape: (H, W, 3).
+    splits: split name -> Split; always has "train" and "test". When
+      `train_subset` was requested, "train" is the subset and "train_full" the
+      full training split.
+    mean: per-channel mean in [0, 1] units (evaluation constants, spec §4.3).
+    std: per-channel std in [0, 1] units.
+  """
+  name: str
+  num_classes: int
+  image_shape: Tuple[int, int, int]
+  splits: Dict[str, Split]
+  mean: Tuple[float, float, float]
+  std: Tuple[float, float, float]
+
+  @property
+  def train(self) -> Split:
+    return self.splits["train"]
+
+  @property
+  def test(self) -> Split:
+    return self.splits["test"]
+
+
+# ---------------------------------------------------------------------------
+# Config.
+# ---------------------------------------------------------------------------
+
+
+def default_npz_path() -> str:
+  """Absolute path of the offline CIFAR-10 npz, `../shared/data/cifar10.npz`.
+
+  The path is taken relative to the current directory (the project convention:
+  commands run from the repository root); if no file is there, the same
+  relative path from the repository root is tried. If neither exists, the
+  current-directory path is returned so that the error names it.
+
+  Returns:
+    An absolute path string (the file may not exist).
+  """
+  candidates = [pathlib.Path.cwd() / _DEFAULT_NPZ_RELATIVE,
+                _REPO_ROOT / _DEFAULT_NPZ_RELATIVE]
+  for candidate in candidates:
+    if candidate.is_file():
+      return str(candidate.resolve())
+  return str(candidates[0].resolve())
+
+
+def default_input_config():
+  """Returns the `config.input` section (an `ml_collections.ConfigDict`).
+
+  Fields:
+    name: "cifar10" | "cifar100" | "imagenet2012" | any TFDS name.
+    source: "npz" | "tfds".
+    npz_path: for source="npz", an archive with train_images, train_labels,
+      test_images, test_labels. Defaults to the offline CIFAR-10 file.
+    data_dir: TFDS data_dir (None: the TFDS default, ~/tensorflow_datasets).
+    train_subset: 0 = the whole train split; N > 0 = N images drawn at random
+      (the paper's "4,000 randomly selected samples"), see `random_subset`.
+    subset_class_balanced: the subset has (almost) the same number of images
+      per class (True) or is drawn uniformly (False).
+    subset_seed: seed of the subset draw.
+  """
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  config = ml_collections.ConfigDict()
+  config.name = "cifar10"
+  config.source = "npz"
+  config.npz_path = default_npz_path()
+  config.data_dir = ml_collections.config_dict.placeholder(str)
+  config.train_subset = 0
+  config.subset_class_balanced = True
+  config.subset_seed = 0
+  return config
+
+
+def normalization_constants(
+    name: str, *, phase: str = "eval",
+    default: Optional[Tuple[Sequence[float], Sequence[float]]] = None,
+) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+  """Per-channel (mean, std) in [0, 1] units used by the official code.
+
+  Args:
+    name: dataset name; CIFAR-10 and CIFAR-100 share constants.
+    phase: "search" (spec §1.3, mean 0.49139968, ...) or "eval" (spec §4.3,
+      mean 0.4914, ...). ImageNet uses the same constants in both phases.
+    default: returned for an unknown name; if None, unknown names raise.
+
+  Returns:
+    (mean, std), two 3-tuples of floats.
+  """
+  if phase not in ("search", "eval"):
+    raise ValueError(f"phase must be 'search' or 'eval', got {phase!r}.")
+  if name in ("cifar10", "cifar100"):
+    mean = CIFAR_SEARCH_MEAN if phase == "search" else CIFAR_EVAL_MEAN
+    return tuple(mean), tuple(CIFAR_STD)
+  if name.startswith("imagenet"):
+    return tuple(IMAGENET_MEAN), tuple(IMAGENET_STD)
+  if default is not None:
+    return tuple(default[0]), tuple(default[1])
+  raise ValueError(
+      f"No published normalisation constants for dataset {name!r}; known: "
+      "cifar10, cifar100, imagenet*. Pass `default=` or use Dataset.mean/std.")
+
+
+def _channel_stats(images: np.ndarray, chunk: int = 4096):
+  """Per-channel mean and population std of uint8[N, H, W, 3] in [0, 1]."""
+  total = np.zeros(3, np.float64)
+  total_sq = np.zeros(3, np.float64)
+  count = 0
+  for start in range(0, images.shape[0], chunk):
+    block = images[start:start + chunk].reshape(-1, 3).astype(np.float64)
+    total += block.sum(0)
+    total_sq += np.square(block).sum(0)
+    count += block.shape[0]
+  mean = total / max(count, 1)
+  std = np.sqrt(np.maximum(total_sq / max(count, 1) - mean ** 2, 0.0))
+  return tuple(float(v) for v in mean / 255.0), tuple(
+      float(max(v, 1e-3)) for v in std / 255.0)
+
+
+# ---------------------------------------------------------------------------
+# Building datasets.
+# ---------------------------------------------------------------------------
+
+
+def _check_images(what: str, images) -> np.ndarray:
+  if not isinstance(images, np.ndarray):
+    images = np.asarray(images)
+  if images.dtype != np.uint8:
+    raise ValueError(
+        f"{what} must be uint8 in [0, 255], got dtype {images.dtype}. Convert "
+        "with np.clip(np.round(x), 0, 255).astype(np.uint8) (x in [0, 255]); "
+        "float images are not accepted because their range is ambiguous.")
+  if images.ndim != 4 or images.shape[-1] != 3:
+    raise ValueError(
+        f"{what} must be 4-D NHWC with 3 channels, uint8[N, H, W, 3]; got "
+        f"shape {images.shape}.")
+  return images
+
+
+def _check_labels(what: str, labels, n: int) -> np.ndarray:
+  labels = np.asarray(labels)
+  if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(
+        f"{what} must be a 1-D integer array int[N]; got shape {labels.shape} "
+        f"and dtype {labels.dtype}.")
+  if labels.shape[0] != n:
+    raise ValueError(
+        f"{what} has {labels.shape[0]} entries but there are {n} images.")
+  return labels
+
+
+def from_arrays(
+    name: str,
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    test_images: np.ndarray,
+    test_labels: np.ndarray,
+    *,
+    num_classes: Optional[int] = None,
+    mean: Optional[Sequence[float]] = None,
+    std: Optional[Sequence[float]] = None,
+) -> Dataset:
+  """Builds a validated in-memory Dataset from numpy arrays.
+
+  Args:
+    name: dataset name; "cifar10", "cifar100" and "imagenet*" get the official
+      evaluation normalisation constants.
+    train_images: uint8[N, H, W, 3].
+    train_labels: int[N] (any integer dtype; stored as int32).
+    test_images: uint8[M, H, W, 3], same H and W as train.
+    test_labels: int[M].
+    num_classes: C; default: 10/100/1000 for the known names, otherwise
+      max(label) + 1.
+    mean: per-channel mean in [0, 1]; default: the published constants for a
+      known name, else computed from `train_images`.
+    std: per-channel std in [0, 1]; default as for `mean`.
+
+  Returns:
+    A Dataset with splits "train" and "test".
+
+  Raises:
+    ValueError: wrong dtype (not uint8), wrong rank / channel count, label
+      count != image count, train/test image sizes differ, or a label outside
+      [0, num_classes).
+  """
+  train_images = _check_images("train_images", train_images)
+  test_images = _check_images("test_images", test_images)
+  train_labels = _check_labels("train_labels", train_labels,
+                               train_images.shape[0])
+  test_labels = _check_labels("test_labels", test_labels, test_images.shape[0])
+  if train_images.shape[1:] != test_images.shape[1:]:
+    raise ValueError(
+        f"train and test images differ in size: {train_images.shape[1:]} vs "
+        f"{test_images.shape[1:]}.")
+  if train_images.shape[0] == 0:
+    raise ValueError("train_images is empty.")
+  if num_classes is None:
+    num_classes = _KNOWN_NUM_CLASSES.get(name)
+  if num_classes is None:
+    num_classes = int(max(train_labels.max(initial=0),
+                          test_labels.max(initial=0))) + 1
+  num_classes = int(num_classes)
+  for what, labels in (("train_labels", train_labels),
+                       ("test_labels", test_labels)):
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+      raise ValueError(
+          f"{what} must lie in [0, {num_classes}) for dataset {name!r} "
+          f"(num_classes={num_classes}); found range [{labels.min()}, "
+          f"{labels.max()}].")
+  if (mean is None) != (std is None):
+    raise ValueError("Pass both mean and std, or neither.")
+  if mean is None:
+    try:
+      mean, std = normalization_constants(name, phase="eval")
+    except ValueError:
+      mean, std = _channel_stats(train_images)
+  if len(mean) != 3 or len(std) != 3:
+    raise ValueError(f"mean and std need 3 values, got {mean} and {std}.")
+  return Dataset(
+      name=name,
+      num_classes=num_classes,
+      image_shape=tuple(int(d) for d in train_images.shape[1:]),
+      splits={"train": Split(train_images, train_labels),
+              "test": Split(test_images, test_labels)},
+      mean=tuple(float(v) for v in mean),
+      std=tuple(float(v) for v in std),
+  )
+
+
+def _cfg_get(config, key: str, default: Any) -> Any:
+  if isinstance(config, Mapping) or hasattr(config, "get"):
+    value = config.get(key, default)
+  else:
+    value = getattr(config, key, default)
+  return default if value is None and default is not None else value
+
+
+def load_dataset(config) -> Dataset:
+  """Loads the dataset described by `config` (the `config.input` section).
+
+  Args:
+    config: ConfigDict (or mapping) with the fields of `default_input_config`.
+      Missing optional fields take their defaults.
+
+  Returns:
+    A Dataset held in host memory (uint8 images, int32 labels). With
+    `train_subset = N > 0`, splits["train"] is the random subset (see
+    `random_subset`; class-balanced unless `subset_class_balanced=False`) and
+    splits["train_full"] the full training split.
+
+  Raises:
+    DatasetNotFoundError: the npz file or the prepared TFDS dataset is missing
+      (TFDS's own not-found errors are re-raised as this).
+    NotImplementedError: name="imagenet2012" with source="tfds" (too large for
+      memory; see `imagenet_iterator`).
+    ValueError: bad config values or malformed data.
+  """
+  name = str(_cfg_get(config, "name", "cifar10"))
+  source = str(_cfg_get(config, "source", "npz"))
+  if source == "npz":
+    npz_path = _cfg_get(config, "npz_path", None) or default_npz_path()
+    dataset = _load_npz(name, str(npz_path))
+  elif source == "tfds":
+    dataset = _load_tfds(name, _cfg_get(config, "data_dir", None))
+  else:
+    raise ValueError(
+        f"config.input.source must be 'npz' or 'tfds', got {source!r}.")
+
+  train_subset = int(_cfg_get(config, "train_subset", 0))
+  if train_subset < 0:
+    raise ValueError(
+        "config.input.train_subset must be >= 0 (0 = all), got "
+        f"{train_subset}.")
+  if train_subset:
+    full = dataset.splits["train"]
+    subset = random_subset(
+        full, train_subset, int(_cfg_get(config, "subset_seed", 0)),
+        class_balanced=bool(_cfg_get(config, "subset_class_balanced", True)))
+    splits = dict(dataset.splits, train=subset, train_full=full)
+    dataset = dataclasses.replace(dataset, splits=splits)
+  return dataset
+
+
+def _resolve_path(path: str) -> pathlib.Path:
+  """Expands ~ and resolves a relative path against cwd, then the repo root."""
+  p = pathlib.Path(os.path.expanduser(path))
+  if p.is_absolute():
+    return p
+  for base in (pathlib.Path.cwd(), _REPO_ROOT):
+    if (base / p).exists():
+      return (base / p).resolve()
+  return (pathlib.Path.cwd() / p).resolve()
+
+
+def _npz_missing_message(name: str, path: pathlib.Path, raw: str,
+                         field: str = "config.input.npz_path") -> str:
+  msg = (f"Dataset {name!r} not found: no npz file at {path} "
+         f"({field}={raw!r}). ")
+  if name == "cifar100":
+    msg += ("No CIFAR-100 images are available offline (shared/data/"
+            "cifar100_partial_exact.npz holds the labels and only ~1,100 "
+            "images); provide your own CIFAR-100 npz. ")
+  msg += (
+      "Fix: pass --config.input.npz_path=/path/to/file.npz (keys train_images "
+      "uint8[N,H,W,3], train_labels int[N], test_images, test_labels), or "
+      f"prepare a TFDS dir with {_PREPARE_HINT} and pass "
+      "--config.input.source=tfds --config.input.data_dir=/path/to/tfds_dir.")
+  return msg
+
+
+def _load_npz(name: str, raw_path: str) -> Dataset:
+  path = _resolve_path(raw_path)
+  if not path.is_file():
+    raise DatasetNotFoundError(_npz_missing_message(name, path, raw_path))
+  with np.load(path) as data:
+    keys = set(data.files)
+    required = {"train_images", "train_labels", "test_images", "test_labels"}
+    if not required <= keys:
+      if "all_train_fine_labels" in keys:
+        raise DatasetNotFoundError(
+            f"{path} is the CIFAR-100 labels-only file (exact labels, but "
+            "images only for the first ~1,100 train / ~900 test examples); it "
+            "is not a training set. No full CIFAR-100 image set is available "
+            "offline: provide an npz with train_images, train_labels, "
+            "test_images, test_labels via --config.input.npz_path=...")
+      raise ValueError(
+          f"{path} lacks keys {sorted(required - keys)} (has {sorted(keys)}); "
+          "an npz dataset needs train_images uint8[N,H,W,3], train_labels "
+          "int[N], test_images, test_labels.")
+    expected = _KNOWN_NUM_CLASSES.get(name)
+    num_classes = None
+    if "label_names" in keys:
+      num_classes = int(data["label_names"].shape[0])
+      if expected is not None and num_classes != expected:
+        hint = ""
+        if name == "cifar100":
+          hint = (" No CIFAR-100 images are available offline; provide your "
+                  "own CIFAR-100 npz via --config.input.npz_path=...")
+        raise DatasetNotFoundError(
+            f"config.input.name={name!r} expects {expected} classes, but "
+            f"{path} has {num_classes} label_names (it is a different "
+            f"dataset).{hint}")
+    return from_arrays(name, data["train_images"], data["train_labels"],
+                       data["test_images"], data["test_labels"],
+                       num_classes=expected or num_classes)
+
+
+# ---------------------------------------------------------------------------
+# TFDS.
+# ---------------------------------------------------------------------------
+
+
+def _import_tf():
+  """Imports TensorFlow with all GPUs hidden from it; returns the module."""
+  try:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError(
+        "source='tfds' needs tensorflow (pip install tensorflow-cpu); or use "
+        "--config.input.source=npz.") from e
+  try:
+    # TF must never grab accelerator memory: JAX owns the device.
+    tf.config.set_visible_devices([], "GPU")
+  except RuntimeError:
+    pass  # Devices were already initialised (then this was done earlier).
+  return tf
+
+
+def _import_tfds():
+  _import_tf()
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  return tfds
+
+
+def _tfds_missing_message(name: str, data_dir) -> str:
+  where = data_dir if data_dir else "the default TFDS data_dir"
+  return (
+      f"Dataset {name!r} not found as a prepared TFDS dataset in {where} "
+      "(read with download=False; nothing is downloaded). Fix: prepare it "
+      f"with {_PREPARE_HINT} and pass --config.input.data_dir=/path/to/"
+      "tfds_dir, or read the npz directly with --config.input.source=npz "
+      "--config.input.npz_path=/path/to/data.npz.")
+
+
+def _tfds_builder(tfds, name: str, data_dir):
+  """Returns a prepared builder or raises DatasetNotFoundError."""
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except (tfds.core.registered.DatasetNotFoundError, FileNotFoundError,
+          AssertionError) as e:
+    raise DatasetNotFoundError(_tfds_missing_message(name, data_dir)) from e
+  if not builder.is_prepared():
+    raise DatasetNotFoundError(_tfds_missing_message(name, data_dir))
+  return builder
+
+
+def _tfds_split_to_numpy(tfds, builder, name: str, split: str, data_dir):
+  """Materialises a whole split as (uint8[N,H,W,3], int32[N])."""
+  supervised = builder.info.supervised_keys is not None
+  try:
+    ds = tfds.load(name, split=split, data_dir=data_dir, download=False,
+                   as_supervised=supervised, batch_size=-1,
+                   shuffle_files=False)
+  except (tfds.core.registered.DatasetNotFoundError, AssertionError) as e:
+    raise DatasetNotFoundError(_tfds_missing_message(name, data_dir)) from e
+  if supervised:
+    images, labels = tfds.as_numpy(ds)
+  else:
+    arrays = tfds.as_numpy(ds)
+    images, labels = arrays["image"], arrays["label"]
+  return np.asarray(images, np.uint8), np.asarray(labels).astype(np.int32)
+
+
+def _load_tfds(name: str, data_dir) -> Dataset:
+  if name.startswith("imagenet"):
+    raise NotImplementedError(
+        f"{name!r} is too large to hold in memory and is not available "
+        "offline; load_dataset supports CIFAR-sized datasets only. For "
+        "evaluation use input_pipeline.imagenet_iterator(split='validation', "
+        "...) on a prepared TFDS dir.")
+  data_dir = os.path.expanduser(data_dir) if data_dir else None
+  tfds = _import_tfds()
+  builder = _tfds_builder(tfds, name, data_dir)
+  available = set(builder.info.splits.keys())
+  test_split = "test" if "test" in available else "validation"
+  for split in ("train", test_split):
+    if split not in available:
+      raise DatasetNotFoundError(
+          f"TFDS dataset {name!r} in {data_dir} has splits {sorted(available)};"
+          f" need 'train' and 'test' (or 'validation').")
+  train = _tfds_split_to_numpy(tfds, builder, name, "train", data_dir)
+  test = _tfds_split_to_numpy(tfds, builder, name, test_split, data_dir)
+  num_classes = None
+  label_feature = builder.info.features["label"] if (
+      "label" in builder.info.features) else None
+  if label_feature is not None and hasattr(label_feature, "num_classes"):
+    num_classes = int(label_feature.num_classes)
+  return from_arrays(name, *train, *test, num_classes=num_classes)
+
+
+def write_tfds_from_npz(
+    npz_path: str,
+    data_dir: str,
+    *,
+    name: str = "cifar10",
+    version: str = "3.0.2",
+    disable_shuffling: bool = False,
+) -> str:
+  """Writes an npz dataset as a prepared TFDS dataset (offline; no download).
+
+  Follows the recipe tested in `shared/data/README.md`: for a registered TFDS
+  name ("cifar10", "cifar100") the registered feature spec is reused, so the
+  registered builder reads the result with `tfds.load(name, data_dir=...,
+  download=False)`. Any other name gets a generic spec {id, image, label} and
+  is read back through TFDS's read-only builder.
+
+  Args:
+    npz_path: archive with train_images uint8[N,H,W,3], train_labels int[N],
+      test_images, test_labels, optionally label_names str[C]. For "cifar100"
+      it also needs train_coarse_labels and test_coarse_labels.
+    data_dir: the TFDS data_dir to write into.
+    name: TFDS dataset name.
+    version: dataset version; must be the registered version for a registered
+      name (3.0.2 for cifar10/cifar100).
+    disable_shuffling: False writes examples in TFDS's own shuffled order (for
+      cifar10 the same order as an official TFDS build); True keeps the npz
+      order on disk.
+
+  Returns:
+    The builder directory, `data_dir/name/version`.
+
+  Raises:
+    DatasetNotFoundError: `npz_path` does not exist.
+    FileExistsError: the dataset is already prepared in `data_dir`.
+    ValueError: malformed npz or an unsupported registered name/version.
+  """
+  path = _resolve_path(npz_path)
+  if not path.is_file():
+    raise DatasetNotFoundError(
+        _npz_missing_message(name, path, npz_path, field="npz_path"))
+  data_dir = os.path.abspath(os.path.expanduser(data_dir))
+  tfds = _import_tfds()
+  data = dict(np.load(path))
+  try:
+    # Validates dtypes, shapes and label ranges before anything is written.
+    dataset = from_arrays(name, data.get("train_images"),
+                          data.get("train_labels"), data.get("test_images"),
+                          data.get("test_labels"),
+                          num_classes=(len(data["label_names"])
+                                       if "label_names" in data else None))
+  except (ValueError, TypeError) as e:
+    if not {"train_images", "train_labels", "test_images",
+            "test_labels"} <= data.keys():
+      raise ValueError(
+          f"{path} needs keys train_images, train_labels, test_images, "
+          f"test_labels; has {sorted(data)}.") from e
+    raise
+
+  extra = {}
+  try:
+    tfds.builder_cls(name)  # Raises for a name that no builder class has.
+    registered = tfds.builder(name)
+  except tfds.core.registered.DatasetNotFoundError:
+    registered = None
+  if registered is not None:
+    features = registered.info.features
+    if str(registered.info.version) != str(version):
+      raise ValueError(
+          f"{name!r} is a registered TFDS dataset with version "
+          f"{registered.info.version}; write it with version="
+          f"'{registered.info.version}' so tfds.load can read it.")
+    unknown = set(features.keys()) - {"id", "image", "label", "coarse_label"}
+    if unknown:
+      raise ValueError(
+          f"Registered TFDS dataset {name!r} has features {sorted(unknown)} "
+          "that an npz cannot provide; use an unregistered name instead.")
+    if tuple(features["image"].shape) != dataset.image_shape:
+      raise ValueError(
+          f"{name!r} images must be {tuple(features['image'].shape)}, the npz "
+          f"has {dataset.image_shape}.")
+    if "coarse_label" in features:
+      for split in ("train", "test"):
+        key = f"{split}_coarse_labels"
+        if key not in data:
+          raise ValueError(
+              f"TFDS {name!r} has a coarse_label feature; the npz needs "
+              f"{key}.")
+        extra[split] = {"coarse_label": np.asarray(data[key])}
+  else:
+    features = tfds.features.FeaturesDict({
+        "id": tfds.features.Text(),
+        "image": tfds.features.Image(shape=dataset.image_shape),
+        "label": tfds.features.ClassLabel(num_classes=dataset.num_classes),
+    })
+  if "label_names" in data:
+    features["label"].names = [str(n) for n in data["label_names"]]
+
+  def generate(split):
+    images = dataset.splits[split].images
+    labels = dataset.splits[split].labels
+    split_extra = extra.get(split, {})
+    for i in range(images.shape[0]):
+      # Key = original index, as TFDS's own CIFAR builder does.
+      example = {"id": f"{split}_{i:05d}", "image": images[i],
+                 "label": int(labels[i])}
+      for key, values in split_extra.items():
+        example[key] = int(values[i])
+      yield i, example
+
+  builder_dir = os.path.join(data_dir, name, str(version))
+  try:
+    tfds.dataset_builders.store_as_tfds_dataset(
+        name=name, version=str(version), features=features,
+        split_datasets={"train": generate("train"), "test": generate("test")},
+        data_dir=data_dir, disable_shuffling=disable_shuffling)
+  except RuntimeError as e:
+    if "already prepared" in str(e):
+      raise FileExistsError(
+          f"TFDS dataset {name!r} is already prepared in {builder_dir}; "
+          "delete that directory to rewrite it.") from e
+    raise
+  return builder_dir
+
+
+def imagenet_iterator(
+    split: str,
+    batch_size: int,
+    *,
+    data_dir: Optional[str] = None,
+    name: str = "imagenet2012",
+    resize_size: int = 256,
+    crop_size: int = 224,
+    drop_last: bool = False,
+) -> Iterator[Dict[str, np.ndarray]]:
+  """Streams ImageNet evaluation batches from a prepared TFDS dir (eval only).
+
+  Evaluation preprocessing (spec §4.3): resize the shorter side to
+  `resize_size` (bicubic, aspect ratio kept, as torchvision's `Resize(256)`),
+  then centre crop `crop_size`; uint8 output, normalisation happens on device.
+  TF's antialiased bicubic is close to, but not bit-identical with, PIL's.
+  ImageNet is not available offline; this has only been run on synthetic data.
+
+  Args:
+    split: "validation" (or "test"); training splits raise NotImplementedError.
+    batch_size: B.
+    data_dir: TFDS data_dir holding a prepared `name` dataset.
+    name: TFDS name.
+    resize_size: shorter side after resizing.
+    crop_size: output side.
+    drop_last: drop a final partial batch.
+
+  Yields:
+    {"image": uint8[B, crop, crop, 3], "label": int32[B]} in file order.
+
+  Raises:
+    NotImplementedError: for the train split (the official train pipeline
+      applies the policy to full-resolution images before a centre pad/crop,
+      which this in-memory, device-side augmentation design does not cover).
+    DatasetNotFoundError: the dataset is not prepared in `data_dir`.
+  """
+  if split.startswith("train"):
+    raise NotImplementedError(
+        "ImageNet training input is not implemented: the official pipeline "
+        "applies the policy to each full-resolution image before a centre "
+        "pad/crop to 224 (spec §4.3), and ImageNet is not available offline. "
+        "Only split='validation' is supported.")
+  if batch_size <= 0:
+    raise ValueError(f"batch_size must be positive, got {batch_size}.")
+  tf = _import_tf()
+  tfds = _import_tfds()
+  builder = _tfds_builder(tfds, name, data_dir)
+  if split not in builder.info.splits:
+    raise DatasetNotFoundError(
+        f"TFDS dataset {name!r} has no split {split!r} (has "
+        f"{sorted(builder.info.splits.keys())}).")
+
+  def preprocess(example):
+    image = example["image"]
+    shape = tf.shape(image)
+    h, w = tf.cast(shape[0], tf.float64), tf.cast(shape[1], tf.float64)
+    short = tf.minimum(h, w)
+    # torchvision: the long side is int(size * long / short) (truncated).
+    new_h = tf.cast(tf.floor(resize_size * h / short), tf.int32)
+    new_w = tf.cast(tf.floor(resize_size * w / short), tf.int32)
+    new_h = tf.where(h <= w, resize_size, new_h)
+    new_w = tf.where(w <= h, resize_size, new_w)
+    resized = tf.image.resize(image, tf.stack([new_h, new_w]),
+                              method="bicubic", antialias=True)
+    # torchvision CenterCrop: top = int(round((H - crop) / 2)).
+    top = tf.cast(tf.round((new_h - crop_size) / 2), tf.int32)
+    left = tf.cast(tf.round((new_w - crop_size) / 2), tf.int32)
+    cropped = resized[top:top + crop_size, left:left + crop_size]
+    cropped = tf.cast(tf.clip_by_value(tf.round(cropped), 0, 255), tf.uint8)
+    cropped = tf.ensure_shape(cropped, (crop_size, crop_size, 3))
+    return {"image": cropped, "label": tf.cast(example["label"], tf.int32)}
+
+  ds = builder.as_dataset(split=split, shuffle_files=False)
+  options = tf.data.Options()
+  options.deterministic = True
+  ds = ds.with_options(options).map(preprocess,
+                                    num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.batch(batch_size, drop_remainder=drop_last).prefetch(2)
+  return iter(tfds.as_numpy(ds))
+
+
+# ---------------------------------------------------------------------------
+# Splits and subsets.
+# ---------------------------------------------------------------------------
+
+
+def official_search_splits(train: Split, *,
+                           allow_small: bool = False) -> Dict[str, Split]:
+  """The official DeepAA CIFAR search splits (spec §2.2), deterministic.
+
+  The official code shuffles an index array and then ignores it, so the splits
+  follow the original CIFAR order: pretrain = train[0:5000], search =
+  train[5000:40000], val = train[40000:50000]. (The paper instead speaks of "a
+  subset of 4,000 randomly selected samples"; see `random_subset`.)
+
+  Args:
+    train: the full CIFAR training split in its original order, 50,000
+      examples (e.g. from `cifar10.npz`; NOT a TFDS build written with
+      shuffling, whose order differs).
+    allow_small: for tests and toy data only: accept any size N >= 10 and use
+      the same proportions, pretrain = [0, N//10), search = [N//10, 4N//5),
+      val = [4N//5, N).
+
+  Returns:
+    {"pretrain": Split, "search": Split, "val": Split}, views (no copies) of
+    `train`.
+
+  Raises:
+    ValueError: `train` does not have exactly 50,000 examples and
+      `allow_small` is False.
+  """
+  n = train.size
+  if n == CIFAR_TRAIN_SIZE:
+    ranges = OFFICIAL_SEARCH_RANGES
+  elif allow_small:
+    if n < 10:
+      raise ValueError(f"official_search_splits needs >= 10 examples, got {n}.")
+    a, b = n * 5_000 // CIFAR_TRAIN_SIZE, n * 40_000 // CIFAR_TRAIN_SIZE
+    ranges = {"pretrain": (0, a), "search": (a, b), "val": (b, n)}
+  else:
+    raise ValueError(
+        f"official_search_splits expects the full 50,000-image CIFAR training "
+        f"split in its original order, got {n} examples (a train_subset, or "
+        "another dataset?). Load with train_subset=0 and use "
+        "dataset.splits['train'] (or 'train_full'); pass allow_small=True only "
+        "for toy data (the same proportions are used).")
+  return {key: Split(train.images[lo:hi], train.labels[lo:hi])
+          for key, (lo, hi) in ranges.items()}
+
+
+def random_subset_indices(labels: np.ndarray, n: int, seed: int, *,
+                          class_balanced: bool = True,
+                          num_classes: Optional[int] = None) -> np.ndarray:
+  """Indices of a deterministic random subset, sorted ascending.
+
+  Args:
+    labels: int[N].
+    n: subset size, 0 < n <= N.
+    seed: non-negative integer seed; the result is a pure function of
+      (labels, n, seed, class_balanced, num_classes).
+    class_balanced: if True, every class gets n // C images and n % C
+      randomly chosen classes get one more (C = num_classes, or the number of
+      distinct labels); if False, n indices are drawn uniformly without
+      replacement.
+    num_classes: C for the balanced draw; default: the labels present.
+
+  Returns:
+    int64[n], sorted, unique indices into `labels`.
+  """
+  labels = np.asarray(labels)
+  total = labels.shape[0]
+  if not 0 < n <= total:
+    raise ValueError(f"subset size must be in [1, {total}], got {n}.")
+  if seed < 0:
+    raise ValueError(f"seed must be >= 0, got {seed}.")
+  rng = np.random.default_rng([int(seed), _TAG_SUBSET])
+  if not class_balanced:
+    return np.sort(rng.choice(total, size=n, replace=False)).astype(np.int64)
+  classes = (np.arange(num_classes) if num_classes is not None
+             else np.unique(labels))
+  per_class, remainder = divmod(n, len(classes))
+  quota = np.full(len(classes), per_class)
+  quota[rng.choice(len(classes), size=remainder, replace=False)] += 1
+  chosen = []
+  for c, q in zip(classes, quota):
+    members = np.flatnonzero(labels == c)
+    if members.size < q:
+      raise ValueError(
+          f"class-balanced subset of {n} needs {q} images of class {c}, but "
+          f"only {members.size} exist; use class_balanced=False or a smaller "
+          "n.")
+    chosen.append(rng.choice(members, size=q, replace=False))
+  return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+
+def random_subset(split: Split, n: int, seed: int, *,
+                  class_balanced: bool = True,
+                  num_classes: Optional[int] = None) -> Split:
+  """The paper's "n randomly selected samples" (e.g. n = 4,000), as a copy.
+
+  Class-balanced by default (n // C per class, the remainder spread over
+  randomly chosen classes), which removes the class-frequency noise of a
+  uniform draw; `class_balanced=False` gives a uniform draw without
+  replacement. The examples keep their original relative order.
+
+  Args:
+    split: the split to draw from.
+    n: subset size.
+    seed: non-negative integer seed (independent of the batching seed stream).
+    class_balanced: see `random_subset_indices`.
+    num_classes: see `random_subset_indices`.
+
+  Returns:
+    A Split with n examples: uint8[n, H, W, 3] images, int32[n] labels.
+  """
+  return split.take(random_subset_indices(
+      split.labels, n, seed, class_balanced=class_balanced,
+      num_classes=num_classes))
+
+
+# ---------------------------------------------------------------------------
+# Batching.
+# ---------------------------------------------------------------------------
+
+
+def steps_per_epoch(n: int, batch_size: int, drop_last: bool = True) -> int:
+  """Number of batches in one epoch of n examples."""
+  if batch_size <= 0:
+    raise ValueError(f"batch_size must be positive, got {batch_size}.")
+  return n // batch_size if drop_last else -(-n // batch_size)
+
+
+def epoch_permutation(n: int, *, seed: int, epoch: int) -> np.ndarray:
+  """The example order of one epoch: int64[n], a pure function of its args."""
+  if seed < 0 or epoch < 0:
+    raise ValueError(f"seed and epoch must be >= 0, got {seed}, {epoch}.")
+  rng = np.random.default_rng([int(seed), int(epoch), _TAG_BATCHES])
+  return rng.permutation(n)
+
+
+def batches(
+    split: Split,
+    batch_size: int,
+    *,
+    seed: int,
+    epoch: int,
+    shuffle: bool = True,
+    drop_last: bool = True,
+    start_step: int = 0,
+) -> Iterator[Dict[str, np.ndarray]]:
+  """Iterates over one epoch of `split` in batches.
+
+  The order is `epoch_permutation(split.size, seed=seed, epoch=epoch)` (or the
+  stored order if `shuffle=False`), so it depends only on (seed, epoch), and a
+  run resumed at step k of an epoch continues exactly where it stopped:
+  `batches(..., start_step=k)` yields batches k, k+1, ... without building the
+  first k.
+
+  Args:
+    split: the examples.
+    batch_size: B > 0.
+    seed: non-negative integer seed.
+    epoch: non-negative epoch index.
+    shuffle: permute the examples (per epoch) or keep the stored order.
+    drop_last: drop the final partial batch (the official evaluation
+      training uses drop_last=True, spec §4.3).
+    start_step: number of batches of this epoch to skip, in
+      [0, steps_per_epoch].
+
+  Returns:
+    An iterator of {"image": uint8[B, H, W, 3], "label": int32[B]} (the last
+    batch may be smaller when drop_last=False). Batches are copies.
+
+  Raises:
+    ValueError: bad batch_size / seed / epoch / start_step, or drop_last=True
+      with fewer than batch_size examples (the epoch would be empty).
+  """
+  n = split.size
+  num_steps = steps_per_epoch(n, batch_size, drop_last)
+  if drop_last and num_steps == 0:
+    raise ValueError(
+        f"The split has {n} examples, fewer than batch_size={batch_size}, so "
+        "an epoch with drop_last=True would be empty; use a smaller batch or "
+        "drop_last=False.")
+  if not 0 <= start_step <= num_steps:
+    raise ValueError(
+        f"start_step must be in [0, {num_steps}], got {start_step}.")
+  if seed < 0 or epoch < 0:
+    raise ValueError(f"seed and epoch must be >= 0, got {seed}, {epoch}.")
+  order = (epoch_permutation(n, seed=seed, epoch=epoch) if shuffle
+           else np.arange(n))
+
+  def generate():
+    for step in range(start_step, num_steps):
+      idx = order[step * batch_size:(step + 1) * batch_size]
+      yield {"image": split.images[idx], "label": split.labels[idx]}
+
+  return generate()
+
+
+# ---------------------------------------------------------------------------
+# Device-side normalisation.
+# ---------------------------------------------------------------------------
+
+
+def normalize(images, mean: Sequence[float], std: Sequence[float]):
+  """Standardises images: (images / 255 - mean) / std, per channel.
+
+  Pure and jit-compatible; use it on the device after augmentation.
+
+  Args:
+    images: uint8[..., 3] or float[..., 3] with values in [0, 255] (float
+      inputs use the same [0, 255] scale as uint8, not [0, 1]). numpy or jax.
+    mean: 3 per-channel means in [0, 1] units.
+    std: 3 per-channel stds in [0, 1] units.
+
+  Returns:
+    float32[..., 3]; a numpy array for numpy input, else a jax array.
+  """
+  if isinstance(images, np.ndarray):
+    xp = np
+  else:
+    import jax.numpy as xp  # pylint: disable=g-import-not-at-top
+  mean = xp.asarray(mean, dtype=xp.float32)
+  std = xp.asarray(std, dtype=xp.float32)
+  x = xp.asarray(images).astype(xp.float32) / xp.float32(255.0)
+  return (x - mean) / std

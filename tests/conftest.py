@@ -1,0 +1,60 @@
+"""Shared test fixtures: where the offline data lives, and test images."""
+
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# `../shared` beside the checkout (as CI lays it out); DEEPAA_SHARED overrides.
+SHARED = pathlib.Path(os.environ.get("DEEPAA_SHARED", REPO.parent / "shared"))
+EXACT_SUBSET = SHARED / "data" / "cifar10_exact_subset.npz"
+CIFAR10_NPZ = SHARED / "data" / "cifar10.npz"
+OFFICIAL_POLICIES = SHARED / "official_policies"
+
+
+def synthetic_images(size=32, seed=0):
+  """uint8[N, size, size, 3]: hand-made images that stress the edge cases.
+
+  Random noise, a constant image (degenerate histograms), a gradient, a
+  two-valued image, a low-contrast image, saturated black/white blocks and a
+  smooth "natural-looking" blob image.
+  """
+  rng = np.random.default_rng(seed)
+  yy, xx = np.mgrid[0:size, 0:size]
+  gradient = np.stack([xx * 255 // (size - 1), yy * 255 // (size - 1),
+                       (xx + yy) * 255 // (2 * size - 2)], -1)
+  two = np.where((xx // 4 + yy // 4) % 2 == 0, 40, 200)
+  blocks = np.where(xx < size // 2, 0, 255)
+  blob = 128 + 100 * np.sin(xx / 5.0)[..., None] * np.cos(yy / 7.0)[..., None]
+  blob = blob + np.array([0, 30, -30])
+  images = [
+      rng.integers(0, 256, (size, size, 3)),
+      np.full((size, size, 3), 77),
+      gradient,
+      np.stack([two] * 3, -1),
+      rng.integers(118, 123, (size, size, 3)),
+      np.stack([blocks, 255 - blocks, blocks], -1),
+      blob,
+  ]
+  return np.clip(np.stack(images), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def exact_cifar():
+  """uint8[N, 32, 32, 3] byte-exact CIFAR-10 images; skips when absent."""
+  if not EXACT_SUBSET.is_file():
+    pytest.skip(f"byte-exact CIFAR subset not found at {EXACT_SUBSET}")
+  with np.load(EXACT_SUBSET) as data:
+    return np.asarray(data["train_images"][:24])
+
+
+@pytest.fixture(scope="session")
+def test_images():
+  """Synthetic edge cases plus (when present) 8 byte-exact CIFAR images."""
+  images = [synthetic_images()]
+  if EXACT_SUBSET.is_file():
+    with np.load(EXACT_SUBSET) as data:
+      images.append(np.asarray(data["test_images"][:8]))
+  return np.concatenate(images)

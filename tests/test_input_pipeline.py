@@ -1,0 +1,481 @@
+"""Tests for deepaa_jax.input_pipeline."""
+
+import importlib.util
+import pathlib
+
+import numpy as np
+import pytest
+
+from deepaa_jax import input_pipeline as ip
+
+SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+CIFAR10_NPZ = SHARED_DATA / "cifar10.npz"
+EXACT_SUBSET_NPZ = SHARED_DATA / "cifar10_exact_subset.npz"
+
+requires_data = pytest.mark.skipif(
+    not CIFAR10_NPZ.is_file(),
+    reason=f"offline CIFAR-10 data not present at {CIFAR10_NPZ}")
+requires_tf = pytest.mark.skipif(
+    importlib.util.find_spec("tensorflow") is None
+    or importlib.util.find_spec("tensorflow_datasets") is None,
+    reason="tensorflow / tensorflow_datasets not importable")
+
+
+def _synthetic(n, num_classes=10, hw=(2, 2), seed=0):
+  rng = np.random.default_rng(seed)
+  images = rng.integers(0, 256, (n, *hw, 3), dtype=np.uint8)
+  labels = (np.arange(n) % num_classes).astype(np.int64)
+  rng.shuffle(labels)
+  return images, labels
+
+
+def _split(n, num_classes=10, hw=(2, 2)):
+  return ip.Split(*_synthetic(n, num_classes, hw))
+
+
+def _config(**overrides):
+  config = ip.default_input_config()
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+def _write_npz(path, n_train, n_test, num_classes=10, hw=(8, 8),
+               label_names=True):
+  tr_x, tr_y = _synthetic(n_train, num_classes, hw, seed=1)
+  te_x, te_y = _synthetic(n_test, num_classes, hw, seed=2)
+  arrays = dict(train_images=tr_x, train_labels=tr_y, test_images=te_x,
+                test_labels=te_y)
+  if label_names:
+    arrays["label_names"] = np.array([f"c{i}" for i in range(num_classes)])
+  np.savez(path, **arrays)
+  return arrays
+
+
+# ---------------------------------------------------------------------------
+# Import hygiene.
+# ---------------------------------------------------------------------------
+
+
+def test_import_is_lazy():
+  import subprocess
+  import sys
+  code = ("import sys; import deepaa_jax.input_pipeline; "
+          "bad = [m for m in ('tensorflow', 'tensorflow_datasets', 'jax') "
+          "if m in sys.modules]; assert not bad, bad")
+  root = pathlib.Path(__file__).resolve().parents[1]
+  subprocess.run([sys.executable, "-c", code], cwd=root, check=True)
+
+
+# ---------------------------------------------------------------------------
+# from_arrays.
+# ---------------------------------------------------------------------------
+
+
+def test_from_arrays_ok():
+  x, y = _synthetic(20, hw=(4, 4))
+  ds = ip.from_arrays("cifar10", x, y, x[:5], y[:5])
+  assert ds.num_classes == 10
+  assert ds.image_shape == (4, 4, 3)
+  assert ds.splits["train"].size == 20 and ds.splits["test"].size == 5
+  assert ds.splits["train"].labels.dtype == np.int32
+  assert ds.splits["train"].images.dtype == np.uint8
+  assert ds.mean == ip.CIFAR_EVAL_MEAN and ds.std == ip.CIFAR_STD
+
+
+def test_from_arrays_unknown_name_computes_stats():
+  x = np.full((4, 2, 2, 3), 51, np.uint8)
+  ds = ip.from_arrays("toy", x, [0, 1, 2, 1], x, [0, 0, 0, 0])
+  assert ds.num_classes == 3
+  np.testing.assert_allclose(ds.mean, [0.2] * 3, rtol=1e-6)
+
+
+@pytest.mark.parametrize("bad, match", [
+    ("dtype", "uint8"),
+    ("rank", "4-D NHWC"),
+    ("channels", "4-D NHWC"),
+    ("label_range", r"must lie in \[0, 10\)"),
+    ("negative_label", r"must lie in \[0, 10\)"),
+    ("length", "entries but there are"),
+])
+def test_from_arrays_validation(bad, match):
+  x, y = _synthetic(8)
+  tx, ty = x.copy(), y.copy()
+  if bad == "dtype":
+    x = x.astype(np.float32)
+  elif bad == "rank":
+    x = x[:, :, :, 0]
+  elif bad == "channels":
+    x = np.concatenate([x, x[..., :1]], axis=-1)
+  elif bad == "label_range":
+    y[0] = 10
+  elif bad == "negative_label":
+    ty[0] = -1
+  elif bad == "length":
+    y = y[:-1]
+  with pytest.raises(ValueError, match=match):
+    ip.from_arrays("cifar10", x, y, tx, ty)
+
+
+# ---------------------------------------------------------------------------
+# batches.
+# ---------------------------------------------------------------------------
+
+
+def _index_split(n):
+  """A split whose pixel (0, 0, 0..2) encodes the example index (base 256)."""
+  idx = np.arange(n)
+  images = np.zeros((n, 1, 1, 3), np.uint8)
+  images[:, 0, 0, 0] = idx % 256
+  images[:, 0, 0, 1] = (idx // 256) % 256
+  images[:, 0, 0, 2] = idx // 65536
+  return ip.Split(images, idx % 10)
+
+
+def _decode(images):
+  px = images[:, 0, 0].astype(np.int64)
+  return px[:, 0] + 256 * px[:, 1] + 65536 * px[:, 2]
+
+
+def _order(split, **kwargs):
+  return np.concatenate([_decode(b["image"])
+                         for b in ip.batches(split, **kwargs)])
+
+
+def test_batches_shapes_and_dtypes():
+  split = _split(10)
+  out = list(ip.batches(split, 4, seed=0, epoch=0))
+  assert len(out) == 2 == ip.steps_per_epoch(10, 4, True)
+  for b in out:
+    assert b["image"].shape == (4, 2, 2, 3) and b["image"].dtype == np.uint8
+    assert b["label"].shape == (4,) and b["label"].dtype == np.int32
+  out = list(ip.batches(split, 4, seed=0, epoch=0, drop_last=False))
+  assert [len(b["label"]) for b in out] == [4, 4, 2]
+  assert ip.steps_per_epoch(10, 4, False) == 3
+
+
+def test_batches_labels_follow_images():
+  split = _index_split(37)
+  for b in ip.batches(split, 5, seed=3, epoch=1, drop_last=False):
+    np.testing.assert_array_equal(b["label"], _decode(b["image"]) % 10)
+
+
+def test_batches_deterministic_and_epochs_differ():
+  split = _index_split(100)
+  a = _order(split, batch_size=10, seed=7, epoch=0)
+  b = _order(split, batch_size=10, seed=7, epoch=0)
+  np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(a, _order(split, batch_size=10, seed=7, epoch=1))
+  assert not np.array_equal(a, _order(split, batch_size=10, seed=8, epoch=0))
+
+
+def test_batches_epoch_is_permutation():
+  split = _index_split(103)
+  for epoch in range(3):
+    order = _order(split, batch_size=8, seed=1, epoch=epoch, drop_last=False)
+    np.testing.assert_array_equal(np.sort(order), np.arange(103))
+  order = _order(split, batch_size=8, seed=1, epoch=0, shuffle=False,
+                 drop_last=False)
+  np.testing.assert_array_equal(order, np.arange(103))
+
+
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_batches_start_step_resumes_exactly(drop_last):
+  split = _index_split(53)
+  full = list(ip.batches(split, 6, seed=5, epoch=2, drop_last=drop_last))
+  for k in range(len(full) + 1):
+    head = []
+    for i, b in enumerate(ip.batches(split, 6, seed=5, epoch=2,
+                                     drop_last=drop_last)):
+      if i == k:
+        break
+      head.append(b)
+    tail = list(ip.batches(split, 6, seed=5, epoch=2, drop_last=drop_last,
+                           start_step=k))
+    assert len(head) + len(tail) == len(full)
+    for got, want in zip(head + tail, full):
+      np.testing.assert_array_equal(got["image"], want["image"])
+      np.testing.assert_array_equal(got["label"], want["label"])
+
+
+def test_batches_errors():
+  split = _split(10)
+  with pytest.raises(ValueError, match="start_step"):
+    ip.batches(split, 4, seed=0, epoch=0, start_step=3)
+  with pytest.raises(ValueError, match="fewer than batch_size"):
+    ip.batches(split, 11, seed=0, epoch=0)
+  with pytest.raises(ValueError, match="positive"):
+    ip.batches(split, 0, seed=0, epoch=0)
+
+
+# ---------------------------------------------------------------------------
+# random_subset.
+# ---------------------------------------------------------------------------
+
+
+def test_random_subset_balanced():
+  split = _index_split(1000)
+  sub = ip.random_subset(split, 95, seed=3)
+  assert sub.size == 95
+  counts = np.bincount(sub.labels, minlength=10)
+  assert counts.min() == 9 and counts.max() == 10 and counts.sum() == 95
+  idx = _decode(sub.images)
+  assert np.all(np.diff(idx) > 0)  # Unique, in original order.
+  np.testing.assert_array_equal(sub.labels, idx % 10)
+  again = ip.random_subset(split, 95, seed=3)
+  np.testing.assert_array_equal(again.images, sub.images)
+  other = ip.random_subset(split, 95, seed=4)
+  assert not np.array_equal(other.images, sub.images)
+
+
+def test_random_subset_uniform():
+  split = _index_split(1000)
+  sub = ip.random_subset(split, 100, seed=0, class_balanced=False)
+  assert sub.size == 100
+  idx = _decode(sub.images)
+  assert len(np.unique(idx)) == 100
+  np.testing.assert_array_equal(
+      ip.random_subset(split, 100, seed=0, class_balanced=False).images,
+      sub.images)
+
+
+def test_random_subset_errors():
+  split = _index_split(100)
+  with pytest.raises(ValueError, match="subset size"):
+    ip.random_subset(split, 101, seed=0)
+  with pytest.raises(ValueError, match="only 10 exist"):
+    ip.random_subset(split, 99, seed=0, num_classes=9)
+
+
+# ---------------------------------------------------------------------------
+# official_search_splits.
+# ---------------------------------------------------------------------------
+
+
+def test_official_search_splits_exact_ranges():
+  split = _index_split(50_000)
+  out = ip.official_search_splits(split)
+  assert set(out) == {"pretrain", "search", "val"}
+  np.testing.assert_array_equal(_decode(out["pretrain"].images),
+                                np.arange(0, 5_000))
+  np.testing.assert_array_equal(_decode(out["search"].images),
+                                np.arange(5_000, 40_000))
+  np.testing.assert_array_equal(_decode(out["val"].images),
+                                np.arange(40_000, 50_000))
+  np.testing.assert_array_equal(out["val"].labels,
+                                np.arange(40_000, 50_000) % 10)
+
+
+def test_official_search_splits_size_check():
+  with pytest.raises(ValueError, match="50,000"):
+    ip.official_search_splits(_index_split(4_000))
+  out = ip.official_search_splits(_index_split(100), allow_small=True)
+  assert [out[k].size for k in ("pretrain", "search", "val")] == [10, 70, 20]
+  np.testing.assert_array_equal(_decode(out["search"].images),
+                                np.arange(10, 80))
+
+
+# ---------------------------------------------------------------------------
+# normalize.
+# ---------------------------------------------------------------------------
+
+
+def test_normalize_numpy_and_jax():
+  images = np.array([[[[0, 128, 255]]]], np.uint8)
+  mean, std = ip.CIFAR_EVAL_MEAN, ip.CIFAR_STD
+  want = np.array([(0 / 255 - 0.4914) / 0.2023,
+                   (128 / 255 - 0.4822) / 0.1994,
+                   (255 / 255 - 0.4465) / 0.2010], np.float32)
+  got = ip.normalize(images, mean, std)
+  assert got.dtype == np.float32 and got.shape == (1, 1, 1, 3)
+  np.testing.assert_allclose(got[0, 0, 0], want, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(
+      ip.normalize(images.astype(np.float32), mean, std), got, rtol=1e-6)
+  jax = pytest.importorskip("jax")
+  jitted = jax.jit(lambda x: ip.normalize(x, mean, std))(images)
+  assert jitted.dtype == np.float32
+  np.testing.assert_allclose(np.asarray(jitted)[0, 0, 0], want, rtol=1e-6,
+                             atol=1e-6)
+
+
+def test_normalization_constants():
+  assert ip.normalization_constants("cifar100", phase="search") == (
+      ip.CIFAR_SEARCH_MEAN, ip.CIFAR_STD)
+  assert ip.normalization_constants("cifar10")[0] == (0.4914, 0.4822, 0.4465)
+  assert ip.normalization_constants("imagenet2012")[1] == (0.229, 0.224, 0.225)
+  with pytest.raises(ValueError, match="No published"):
+    ip.normalization_constants("mnist")
+
+
+# ---------------------------------------------------------------------------
+# load_dataset from npz.
+# ---------------------------------------------------------------------------
+
+
+def test_default_config_fields():
+  config = ip.default_input_config()
+  assert config.name == "cifar10" and config.source == "npz"
+  assert config.npz_path.endswith("cifar10.npz")
+  assert pathlib.Path(config.npz_path).is_absolute()
+  assert config.data_dir is None
+  assert config.train_subset == 0 and config.subset_seed == 0
+
+
+def test_load_npz_synthetic_with_subset(tmp_path):
+  arrays = _write_npz(tmp_path / "toy.npz", 60, 20)
+  ds = ip.load_dataset(_config(name="toy", npz_path=str(tmp_path / "toy.npz")))
+  np.testing.assert_array_equal(ds.train.images, arrays["train_images"])
+  np.testing.assert_array_equal(ds.test.labels, arrays["test_labels"])
+  assert ds.num_classes == 10 and ds.train.labels.dtype == np.int32
+  ds = ip.load_dataset(_config(name="toy", npz_path=str(tmp_path / "toy.npz"),
+                               train_subset=20, subset_seed=1))
+  assert ds.splits["train"].size == 20
+  assert ds.splits["train_full"].size == 60
+  np.testing.assert_array_equal(np.bincount(ds.train.labels), [2] * 10)
+
+
+def test_missing_npz_raises(tmp_path):
+  missing = tmp_path / "nope.npz"
+  with pytest.raises(ip.DatasetNotFoundError) as info:
+    ip.load_dataset(_config(npz_path=str(missing)))
+  msg = str(info.value)
+  assert str(missing) in msg and "--config.input.npz_path" in msg
+  assert "prepare_tfds.py" in msg
+  assert isinstance(info.value, FileNotFoundError)
+  with pytest.raises(ip.DatasetNotFoundError, match="No CIFAR-100 images"):
+    ip.load_dataset(_config(name="cifar100", npz_path=str(missing)))
+
+
+def test_cifar100_with_cifar10_npz_raises(tmp_path):
+  _write_npz(tmp_path / "c10.npz", 20, 10)
+  with pytest.raises(ip.DatasetNotFoundError, match="expects 100 classes"):
+    ip.load_dataset(
+        _config(name="cifar100", npz_path=str(tmp_path / "c10.npz")))
+
+
+def test_bad_source_raises():
+  with pytest.raises(ValueError, match="'npz' or 'tfds'"):
+    ip.load_dataset(_config(source="http"))
+
+
+@requires_data
+def test_load_real_cifar10():
+  ds = ip.load_dataset(_config(npz_path=str(CIFAR10_NPZ)))
+  assert ds.name == "cifar10" and ds.num_classes == 10
+  assert ds.image_shape == (32, 32, 3)
+  train, test = ds.splits["train"], ds.splits["test"]
+  assert train.size == 50_000 and test.size == 10_000
+  assert train.images.dtype == np.uint8 and train.labels.dtype == np.int32
+  np.testing.assert_array_equal(train.labels[:10],
+                                [6, 9, 9, 4, 1, 1, 2, 7, 8, 3])
+  np.testing.assert_array_equal(np.bincount(train.labels), [5_000] * 10)
+  np.testing.assert_array_equal(np.bincount(test.labels), [1_000] * 10)
+  with np.load(EXACT_SUBSET_NPZ) as exact:
+    np.testing.assert_array_equal(exact["all_train_labels"], train.labels)
+    np.testing.assert_array_equal(exact["all_test_labels"], test.labels)
+  splits = ip.official_search_splits(train)
+  assert splits["val"].size == 10_000 and splits["search"].size == 35_000
+
+
+@requires_data
+def test_cifar100_partial_file_raises():
+  path = SHARED_DATA / "cifar100_partial_exact.npz"
+  if not path.is_file():
+    pytest.skip(f"{path} not present")
+  with pytest.raises(ip.DatasetNotFoundError, match="labels-only"):
+    ip.load_dataset(_config(name="cifar100", npz_path=str(path)))
+
+
+# ---------------------------------------------------------------------------
+# TFDS.
+# ---------------------------------------------------------------------------
+
+
+@requires_tf
+def test_tfds_round_trip(tmp_path):
+  npz = tmp_path / "small.npz"
+  arrays = _write_npz(npz, 64, 32, hw=(32, 32))
+  data_dir = tmp_path / "tfds"
+  builder_dir = ip.write_tfds_from_npz(str(npz), str(data_dir), name="cifar10",
+                                       disable_shuffling=True)
+  assert pathlib.Path(builder_dir) == data_dir / "cifar10" / "3.0.2"
+  assert (pathlib.Path(builder_dir) / "dataset_info.json").is_file()
+  ds = ip.load_dataset(_config(source="tfds", data_dir=str(data_dir)))
+  assert ds.num_classes == 10 and ds.image_shape == (32, 32, 3)
+  for split in ("train", "test"):
+    got = ds.splits[split]
+    assert got.images.dtype == np.uint8 and got.labels.dtype == np.int32
+    np.testing.assert_array_equal(got.images, arrays[f"{split}_images"])
+    np.testing.assert_array_equal(got.labels, arrays[f"{split}_labels"])
+  with pytest.raises(FileExistsError, match="already prepared"):
+    ip.write_tfds_from_npz(str(npz), str(data_dir), name="cifar10")
+
+
+@requires_tf
+def test_tfds_round_trip_unregistered_name_shuffled(tmp_path):
+  npz = tmp_path / "toy.npz"
+  arrays = _write_npz(npz, 40, 12, num_classes=4, hw=(6, 5))
+  data_dir = tmp_path / "tfds"
+  ip.write_tfds_from_npz(str(npz), str(data_dir), name="deepaa_toy",
+                         version="1.0.0")
+  ds = ip.load_dataset(_config(name="deepaa_toy", source="tfds",
+                               data_dir=str(data_dir)))
+  assert ds.num_classes == 4 and ds.image_shape == (6, 5, 3)
+  train = ds.splits["train"]
+  # Shuffled on disk: the same examples (as a multiset), paired correctly.
+  want = {arrays["train_images"][i].tobytes(): arrays["train_labels"][i]
+          for i in range(40)}
+  got = {train.images[i].tobytes(): train.labels[i] for i in range(40)}
+  assert got == want
+
+
+@requires_tf
+def test_tfds_missing_raises(tmp_path):
+  with pytest.raises(ip.DatasetNotFoundError) as info:
+    ip.load_dataset(_config(source="tfds", data_dir=str(tmp_path)))
+  msg = str(info.value)
+  assert str(tmp_path) in msg and "prepare_tfds.py" in msg
+  with pytest.raises(ip.DatasetNotFoundError, match="prepare_tfds.py"):
+    ip.load_dataset(_config(name="no_such_dataset_xyz", source="tfds",
+                            data_dir=str(tmp_path)))
+
+
+def test_imagenet_tfds_not_implemented(tmp_path):
+  with pytest.raises(NotImplementedError, match="imagenet_iterator"):
+    ip.load_dataset(_config(name="imagenet2012", source="tfds",
+                            data_dir=str(tmp_path)))
+  with pytest.raises(NotImplementedError, match="validation"):
+    ip.imagenet_iterator("train", 8, data_dir=str(tmp_path))
+
+
+@requires_tf
+def test_imagenet_iterator_eval_on_synthetic(tmp_path):
+  import tensorflow_datasets as tfds
+  rng = np.random.default_rng(0)
+  shapes = [(40, 60), (70, 30), (32, 32)]
+  images = [rng.integers(0, 256, (*s, 3), dtype=np.uint8) for s in shapes]
+  features = tfds.features.FeaturesDict({
+      "image": tfds.features.Image(shape=(None, None, 3)),
+      "label": tfds.features.ClassLabel(num_classes=5)})
+  examples = [(i, {"image": im, "label": i}) for i, im in enumerate(images)]
+  tfds.dataset_builders.store_as_tfds_dataset(
+      name="deepaa_varsize", version="1.0.0", features=features,
+      split_datasets={"validation": examples}, data_dir=str(tmp_path),
+      disable_shuffling=True)
+  out = list(ip.imagenet_iterator("validation", 2, data_dir=str(tmp_path),
+                                  name="deepaa_varsize", resize_size=20,
+                                  crop_size=16))
+  assert [b["image"].shape for b in out] == [(2, 16, 16, 3), (1, 16, 16, 3)]
+  assert out[0]["image"].dtype == np.uint8
+  np.testing.assert_array_equal(np.concatenate([b["label"] for b in out]),
+                                [0, 1, 2])
+  # A constant image stays constant through resize + crop.
+  const = np.full((30, 50, 3), 77, np.uint8)
+  tfds.dataset_builders.store_as_tfds_dataset(
+      name="deepaa_const", version="1.0.0", features=features,
+      split_datasets={"validation": [(0, {"image": const, "label": 0})]},
+      data_dir=str(tmp_path))
+  (batch,) = list(ip.imagenet_iterator("validation", 4, data_dir=str(tmp_path),
+                                       name="deepaa_const", resize_size=20,
+                                       crop_size=16))
+  assert np.all(batch["image"] == 77)
