@@ -6,9 +6,18 @@ Public API (see README.md for how the pieces fit):
   * `SearchSpace`, `cifar_space`, `imagenet_space`, `apply_all`,
     `apply_transform`, `apply_chain`, `apply_chain_batch`: the 139-transform
     search spaces and their on-device application.
+  * `Policy`, `apply_policy`, `baseline`, `load_official_npz`, `load_policy`,
+    `save_policy`, `make_policy`: augmentation policies as values.
 """
 
 from deepaa_jax import ops
+from deepaa_jax.policy import apply_policy
+from deepaa_jax.policy import baseline
+from deepaa_jax.policy import load_official_npz
+from deepaa_jax.policy import load_policy
+from deepaa_jax.policy import make_policy
+from deepaa_jax.policy import Policy
+from deepaa_jax.policy import save_policy
 from deepaa_jax.space import apply_all
 from deepaa_jax.space import apply_chain
 from deepaa_jax.space import apply_chain_batch
@@ -22,6 +31,13 @@ __version__ = "0.1.0"
 
 __all__ = (
     "ops",
+    "Policy",
+    "apply_policy",
+    "baseline",
+    "load_official_npz",
+    "load_policy",
+    "make_policy",
+    "save_policy",
     "SearchSpace",
     "apply_all",
     "apply_chain",

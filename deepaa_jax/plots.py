@@ -1,4 +1,4 @@
-"""Figures: transform grids now; policy plots (paper Fig. 3 / Fig. 5) later.
+"""Figures: transform grids and policy plots (paper Fig. 3, Fig. 5/6).
 
 Matplotlib runs with the non-interactive Agg backend, so plots work on
 headless machines (TPU VMs, CI) and return the path of the written PNG.
@@ -46,5 +46,86 @@ def transform_grid(path, images: np.ndarray, titles: Sequence[str], *,
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(path, dpi=150)
+  plt.close(fig)
+  return path
+
+
+def policy_op_mass(path, policy, *, title=None) -> pathlib.Path:
+  """Paper Fig. 3: per layer, the probability of each operation (summed over
+  its magnitude levels), as stacked bars.
+
+  Args:
+    path: output PNG path.
+    policy: a `deepaa_jax.policy.Policy`.
+    title: figure title (default: the policy name).
+  """
+  plt = _pyplot()
+  mass = policy.op_mass()  # [K, 18]
+  names = policy.space.op_names
+  cmap = plt.get_cmap("tab20")
+  fig, ax = plt.subplots(figsize=(1.2 + 0.9 * max(policy.num_layers, 1), 5))
+  bottom = np.zeros(policy.num_layers)
+  layers = np.arange(1, policy.num_layers + 1)
+  for op, name in enumerate(names):
+    ax.bar(layers, mass[:, op], bottom=bottom, color=cmap(op % 20),
+           label=name, width=0.7)
+    bottom += mass[:, op]
+  ax.set_xlabel("augmentation layer")
+  ax.set_ylabel("probability")
+  ax.set_xticks(layers)
+  ax.set_ylim(0, 1)
+  ax.set_title(title or f"{policy.name}: operation probability per layer")
+  ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+  fig.tight_layout()
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, dpi=130)
+  plt.close(fig)
+  return path
+
+
+def policy_magnitudes(path, policy, *, title=None) -> pathlib.Path:
+  """Paper Fig. 5/6: for every operation with a magnitude, the distribution of
+  its levels in each layer, p(level | op, layer) (rows = layers, columns = the
+  13-level grid; the dropped identity level is blank). The row label gives
+  the op's total probability in that layer.
+  """
+  plt = _pyplot()
+  space = policy.space
+  ops_with_levels = [o for o in range(len(space.op_names))
+                     if space.has_magnitude[space.op_array == o].any()]
+  mass = policy.op_mass()
+  cols = 4
+  rows = -(-len(ops_with_levels) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(cols * 3.4, rows * 2.6),
+                           squeeze=False)
+  image = None
+  for ax in axes.ravel():
+    ax.axis("off")
+  for ax, op in zip(axes.ravel(), ops_with_levels):
+    grid = np.full((max(policy.num_layers, 1), 13), np.nan)
+    for i in np.flatnonzero(space.op_array == op):
+      with np.errstate(invalid="ignore", divide="ignore"):
+        grid[:policy.num_layers, space.levels[i]] = (
+            policy.probs[:, i] / mass[:, op])
+    ax.axis("on")
+    image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=1)
+    ax.set_title(space.op_names[op], fontsize=9)
+    lo, hi = space.op_ranges[op]
+    ax.set_xticks([0, 6, 12])
+    ax.set_xticklabels([f"{lo:g}", f"{(lo + hi) / 2:g}", f"{hi:g}"],
+                       fontsize=7)
+    ax.set_yticks(range(policy.num_layers))
+    ax.set_yticklabels([f"L{k + 1} ({mass[k, op]:.2f})"
+                        for k in range(policy.num_layers)], fontsize=6)
+  fig.suptitle(title or f"{policy.name}: p(magnitude level | op, layer); "
+               "row label = p(op)")
+  fig.tight_layout(rect=(0, 0, 0.92, 0.96))
+  if image is not None:
+    fig.colorbar(image, cax=fig.add_axes([0.93, 0.15, 0.015, 0.7]),
+                 label="p(level | op)")
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, dpi=130)
   plt.close(fig)
   return path

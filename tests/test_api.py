@@ -12,9 +12,10 @@ import pytest
 
 import deepaa_jax
 from deepaa_jax import ops
+from deepaa_jax import policy
 from deepaa_jax import space
 
-_MODULES = [ops, space]
+_MODULES = [ops, policy, space]
 
 
 def _public_functions():

@@ -1,0 +1,519 @@
+"""Augmentation policies as values: K layers of probabilities over a space.
+
+A `Policy` holds `probs: float64[K, T]`, row k the categorical distribution
+of layer k over the T = 139 transforms of a named `SearchSpace`, plus
+provenance metadata. Applying it (`apply_policy`) draws, for every image and
+every layer in order k = 1..K, one transform index from row k and applies it
+(spec §4.1): exactly one transform per layer, Identity being one of them.
+
+Every baseline of the paper's comparisons is a policy too, so all of them run
+through the same training loop:
+
+  none              K = 0: no augmentation.
+  standard          pad-4 crop, then horizontal flip (the paper's baseline).
+  standard_cutout   standard, then Cutout-16.
+  trivialaugment    one TrivialAugment layer over the same space (uniform op
+                    among the 15 image operations, then uniform magnitude
+                    level), then TrivialAugment's CIFAR defaults: crop, flip,
+                    Cutout-16.
+  deepta            K layers uniform over all 139 transforms, no defaults
+                    (DeepTA, paper §4.4).
+  official          the authors' searched policies (`load_official_npz`).
+  file              a policy saved by this project (`save_policy`, JSON).
+
+Files: our JSON format is human-readable (per layer: entropy, the top
+transforms with op, level, value and probability) and carries the full
+probability table in float64, so `load_policy(save_policy(p)) == p` exactly.
+The authors' npz format (spec §3.1) is read by `load_official_npz` and
+written by `save_official_npz`.
+"""
+
+import dataclasses
+import datetime
+import json
+import math
+import pathlib
+from typing import Any, Dict, Mapping, Optional, Sequence
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from deepaa_jax import space as space_lib
+
+Array = jax.Array
+
+FORMAT = "deepaa-jax-policy/1"
+KINDS = ("none", "standard", "standard_cutout", "trivialaugment", "deepta",
+         "official", "file")
+# Rows must sum to one within this tolerance; the official float32 files are
+# within ~1.2e-7.
+_SUM_TOLERANCE = 1e-5
+
+
+class PolicyFileError(ValueError):
+  """A policy file is corrupt, truncated, or does not fit the search space."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Policy:
+  """K layers of transform probabilities over a search space.
+
+  Attributes:
+    probs: float64[K, T]; row k is layer k+1's distribution (layer 1 is
+      applied first). Rows are non-negative and sum to 1.
+    space_name: the `SearchSpace` name ("cifar" or "imagenet").
+    name: a short label ("standard", "deepaa_cifar_1", ...).
+    metadata: provenance (source, config, seed, versions, date, ...).
+  """
+  probs: np.ndarray
+  space_name: str
+  name: str = "policy"
+  metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self):
+    probs = np.asarray(self.probs, np.float64)
+    if probs.ndim != 2:
+      raise ValueError(f"policy probs must be [K, T], got shape {probs.shape}")
+    space = space_lib.get_space(self.space_name)
+    if probs.shape[1] != space.size:
+      raise ValueError(f"policy has {probs.shape[1]} transforms per layer; the "
+                       f"{self.space_name!r} space has {space.size}")
+    _check_rows(probs, what=f"policy {self.name!r}")
+    object.__setattr__(self, "probs", probs)
+    object.__setattr__(self, "metadata", dict(self.metadata))
+
+  @property
+  def num_layers(self) -> int:
+    return self.probs.shape[0]
+
+  @property
+  def space(self) -> space_lib.SearchSpace:
+    return space_lib.get_space(self.space_name)
+
+  def __eq__(self, other):
+    return (isinstance(other, Policy) and self.space_name == other.space_name
+            and self.name == other.name
+            and np.array_equal(self.probs, other.probs)
+            and dict(self.metadata) == dict(other.metadata))
+
+  def op_mass(self) -> np.ndarray:
+    """float64[K, 18]: probability of each operation, summed over levels
+    (paper Fig. 3; spec §3.3)."""
+    mass = np.zeros((self.num_layers, len(self.space.op_names)))
+    for op in range(mass.shape[1]):
+      mass[:, op] = self.probs[:, self.space.op_array == op].sum(axis=1)
+    return mass
+
+  def entropy(self) -> np.ndarray:
+    """float64[K]: entropy of each layer in nats (uniform over 139: 4.934)."""
+    p = self.probs
+    with np.errstate(divide="ignore", invalid="ignore"):
+      return -np.sum(np.where(p > 0, p * np.log(p), 0.0), axis=1)
+
+  def top(self, layer: int, k: int = 5):
+    """The k most probable transforms of layer `layer` (0-based):
+    list of (index, name, probability)."""
+    order = np.argsort(-self.probs[layer], kind="stable")[:k]
+    return [(int(i), self.space.transform_name(int(i)),
+             float(self.probs[layer, i])) for i in order]
+
+  def summary(self, k: int = 5) -> str:
+    """A text summary: per layer, entropy and the top-k transforms."""
+    lines = [f"Policy {self.name!r} over the {self.space_name} space, "
+             f"{self.num_layers} layer(s)"]
+    for layer, h in enumerate(self.entropy()):
+      tops = ", ".join(f"{name} {p:.3f}" for _, name, p in self.top(layer, k))
+      lines.append(f"  layer {layer + 1} (entropy {h:.2f} nats): {tops}")
+    return "\n".join(lines)
+
+  def op_mass_markdown(self) -> str:
+    """The per-operation mass table (spec §3.3 layout) in markdown."""
+    mass = self.op_mass()
+    header = "| op | " + " | ".join(f"L{k + 1}" for k in range(
+        self.num_layers)) + " |"
+    rule = "|---|" + "---|" * self.num_layers
+    rows = [f"| {name} | " + " | ".join(f"{m:.4f}" for m in mass[:, op]) + " |"
+            for op, name in enumerate(self.space.op_names)]
+    return "\n".join([header, rule] + rows)
+
+
+def _check_rows(probs: np.ndarray, what: str) -> None:
+  if not np.all(np.isfinite(probs)):
+    raise ValueError(f"{what}: probabilities must be finite")
+  if np.any(probs < 0):
+    raise ValueError(f"{what}: probabilities must be non-negative")
+  sums = probs.sum(axis=1)
+  bad = np.flatnonzero(np.abs(sums - 1.0) > _SUM_TOLERANCE)
+  if bad.size:
+    raise ValueError(f"{what}: layer(s) {[int(b) + 1 for b in bad]} sum to "
+                     f"{[float(sums[b]) for b in bad]}, not 1")
+
+
+def provenance(**extra) -> Dict[str, Any]:
+  """Metadata common to every policy this project writes."""
+  import flax  # pylint: disable=g-import-not-at-top
+  import deepaa_jax  # pylint: disable=g-import-not-at-top
+  meta = {
+      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
+          timespec="seconds"),
+      "versions": {"deepaa_jax": deepaa_jax.__version__,
+                   "jax": jax.__version__, "flax": flax.__version__,
+                   "numpy": np.__version__},
+      "jax_threefry_partitionable": bool(
+          jax.config.jax_threefry_partitionable),
+  }
+  meta.update(extra)
+  return meta
+
+
+def from_logits(logits, space_name: str, *, name: str = "policy",
+                metadata: Optional[Mapping[str, Any]] = None) -> Policy:
+  """Policy with probs = softmax(logits) (float64), logits float[K, T]."""
+  logits = np.asarray(logits, np.float64)
+  z = logits - logits.max(axis=-1, keepdims=True)
+  probs = np.exp(z) / np.exp(z).sum(axis=-1, keepdims=True)
+  return Policy(probs, space_name, name, metadata or {})
+
+
+# --------------------------------------------------------------------------
+# Baselines.
+# --------------------------------------------------------------------------
+
+
+def _one_hot_layers(space: space_lib.SearchSpace, op_names: Sequence[str]):
+  probs = np.zeros((len(op_names), space.size))
+  for k, op_name in enumerate(op_names):
+    probs[k, space.index_of(op_name)] = 1.0
+  return probs
+
+
+def _random_op_names(space: space_lib.SearchSpace):
+  flip, cutout, crop = (space.op_names[o] for o in space_lib.RANDOM_OPS)
+  return flip, cutout, crop
+
+
+def baseline(kind: str, space: space_lib.SearchSpace, *,
+             num_layers: int = 6) -> Policy:
+  """A baseline augmentation as a policy (see module docstring).
+
+  Args:
+    kind: "none", "standard", "standard_cutout", "trivialaugment" or "deepta".
+    space: the search space.
+    num_layers: K, for "deepta" only.
+  """
+  flip, cutout, crop = _random_op_names(space)
+  meta = provenance(source=f"baseline:{kind}")
+  if kind == "none":
+    probs = np.zeros((0, space.size))
+  elif kind == "standard":
+    probs = _one_hot_layers(space, [crop, flip])
+  elif kind == "standard_cutout":
+    probs = _one_hot_layers(space, [crop, flip, cutout])
+  elif kind == "trivialaugment":
+    # TrivialAugment: an operation uniformly among the 15 image operations
+    # (Identity..Sharpness), then a magnitude level uniformly among its levels.
+    ta = np.zeros(space.size)
+    image_ops = [o for o in range(len(space.op_names))
+                 if o not in space_lib.RANDOM_OPS]
+    for op in image_ops:
+      members = space.op_array == op
+      ta[members] = 1.0 / len(image_ops) / members.sum()
+    probs = np.concatenate([ta[None], _one_hot_layers(space,
+                                                      [crop, flip, cutout])])
+  elif kind == "deepta":
+    if num_layers < 1:
+      raise ValueError(f"deepta needs num_layers >= 1, got {num_layers}")
+    probs = np.full((num_layers, space.size), 1.0 / space.size)
+    meta["num_layers"] = num_layers
+  else:
+    raise ValueError(f"unknown baseline {kind!r}; valid: none, standard, "
+                     "standard_cutout, trivialaugment, deepta")
+  return Policy(probs, space.name, kind, meta)
+
+
+# --------------------------------------------------------------------------
+# The authors' npz files.
+# --------------------------------------------------------------------------
+
+
+def load_official_npz(path, *, cutout60: bool = True) -> Policy:
+  """Reads one of the authors' `policy_DeepAA_*.npz` files (spec §3.1).
+
+  Validates the keys, shapes, `ops`/`mags` tables and op names against our
+  spaces and picks the space from op 17's name. The shipped ImageNet files
+  name op 16 "RandCutout" although the search code that produced them has
+  "RandCutout60" (spec §3.1): with `cutout60=True` (default, the paper's and
+  the search code's reading) op 16 is the 60 px cutout of the ImageNet space;
+  the decision is logged either way. With `cutout60=False` the file is
+  refused, since a 16 px cutout has no place in the ImageNet space.
+
+  Probabilities are float32 in the files; they are renormalised in float64
+  (rows are ~1e-7 off; nothing is truncated).
+  """
+  path = pathlib.Path(path)
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      contents = {k: np.asarray(data[k]) for k in data.files}
+  except FileNotFoundError:
+    raise
+  except Exception as e:  # zipfile/pickle/format errors of a bad file
+    raise PolicyFileError(f"{path}: not a readable npz policy file ({e})") from e
+  required = ("policy_probs", "l_ops", "l_mags", "ops", "mags", "op_names")
+  missing = [k for k in required if k not in contents]
+  if missing:
+    raise PolicyFileError(f"{path}: missing keys {missing}; an official policy "
+                          f"file has {list(required)}")
+  names = [str(n).split(":")[0] for n in contents["op_names"]]
+  space = (space_lib.imagenet_space() if names[-1] == "RandResizeCrop_imagenet"
+           else space_lib.cifar_space())
+  probs = contents["policy_probs"]
+  if probs.ndim != 2 or probs.shape[1] != space.size:
+    raise PolicyFileError(f"{path}: policy_probs has shape {probs.shape}; "
+                          f"expected [K, {space.size}]")
+  if (int(contents["l_ops"]) != len(space.op_names) or
+      int(contents["l_mags"]) != space_lib.NUM_LEVELS):
+    raise PolicyFileError(f"{path}: l_ops={int(contents['l_ops'])}, "
+                          f"l_mags={int(contents['l_mags'])}; expected "
+                          f"{len(space.op_names)} and {space_lib.NUM_LEVELS}")
+  if (contents["ops"].reshape(-1).tolist() != list(space.ops) or
+      contents["mags"].reshape(-1).tolist() != list(space.levels)):
+    raise PolicyFileError(f"{path}: the ops/mags tables do not match the "
+                          f"canonical 139-transform order (spec §1.2)")
+  expected = list(space.op_names)
+  decision = None
+  if space.name == "imagenet" and names[16] == "RandCutout":
+    if not cutout60:
+      raise PolicyFileError(
+          f"{path}: op 16 is named 'RandCutout' (16 px) in an ImageNet file; "
+          "pass cutout60=True to read it as the 60 px cutout of the search "
+          "code and the paper")
+    decision = ("op 16 named 'RandCutout' in an ImageNet file is read as "
+                "RandCutout60 (60 px), per the paper and the search code "
+                "(spec §3.1)")
+    logging.warning("%s: %s", path.name, decision)
+    names[16] = "RandCutout60"
+  if names != expected:
+    raise PolicyFileError(f"{path}: op names {names} do not match the "
+                          f"{space.name} space {expected}")
+  probs = probs.astype(np.float64)
+  try:
+    _check_rows(probs, what=str(path))
+  except ValueError as e:
+    raise PolicyFileError(str(e)) from e
+  probs = probs / probs.sum(axis=1, keepdims=True)
+  meta = provenance(source=f"official npz: {path.name}")
+  if decision:
+    meta["op16_decision"] = decision
+  return Policy(probs, space.name, "deepaa_" + path.stem.replace(
+      "policy_DeepAA_", ""), meta)
+
+
+def save_official_npz(path, policy: Policy) -> pathlib.Path:
+  """Writes the authors' npz layout (spec §3.1), e.g. for their eval code."""
+  space = policy.space
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  ranges = [f"{n}:({lo},,{hi})" for n, (lo, hi) in zip(space.op_names,
+                                                        space.op_ranges)]
+  np.savez(path, policy_probs=policy.probs.astype(np.float32),
+           l_ops=np.int64(len(space.op_names)),
+           l_mags=np.int64(space_lib.NUM_LEVELS),
+           ops=space.op_array[:, None], mags=space.level_array[:, None],
+           op_names=np.asarray(ranges))
+  return path
+
+
+# --------------------------------------------------------------------------
+# Our JSON format.
+# --------------------------------------------------------------------------
+
+
+def _jsonable(value):
+  if isinstance(value, Mapping):
+    return {str(k): _jsonable(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_jsonable(v) for v in value]
+  if isinstance(value, np.generic):
+    return value.item()
+  if isinstance(value, np.ndarray):
+    return value.tolist()
+  if isinstance(value, (str, int, float, bool)) or value is None:
+    return value
+  return str(value)
+
+
+def to_json(policy: Policy, *, top_k: int = 10) -> str:
+  """The policy as a JSON document (see `save_policy`)."""
+  space = policy.space
+  transforms = [{"index": i, "op": space.op_names[space.ops[i]],
+                 "level": space.levels[i], "value": space.values[i]}
+                for i in range(space.size)]
+  layers = []
+  for k in range(policy.num_layers):
+    layers.append({
+        "layer": k + 1,
+        "entropy_nats": float(policy.entropy()[k]),
+        "top": [dict(transforms[i], probability=p)
+                for i, _, p in policy.top(k, top_k)],
+        "probs": [float(p) for p in policy.probs[k]],
+    })
+  doc = {
+      "format": FORMAT,
+      "name": policy.name,
+      "space": policy.space_name,
+      "num_transforms": space.size,
+      "num_layers": policy.num_layers,
+      "op_mass": {name: [float(m) for m in policy.op_mass()[:, op]]
+                  for op, name in enumerate(space.op_names)},
+      "layers": layers,
+      "transforms": transforms,
+      "metadata": _jsonable(policy.metadata),
+  }
+  return json.dumps(doc, indent=1)
+
+
+def save_policy(path, policy: Policy) -> pathlib.Path:
+  """Writes the policy as JSON; `load_policy` reads it back exactly.
+
+  Python's `json` writes floats with `repr`, which round-trips float64.
+  """
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_suffix(path.suffix + ".tmp")
+  tmp.write_text(to_json(policy))
+  tmp.replace(path)  # atomic: a reader never sees half a file
+  return path
+
+
+def load_policy(path, *, space_name: Optional[str] = None) -> Policy:
+  """Reads a JSON policy written by `save_policy`.
+
+  Raises:
+    FileNotFoundError: no such file.
+    PolicyFileError: the file is not valid JSON (e.g. truncated), lacks
+      fields, names an unknown space, disagrees with the space's transform
+      table, or has rows that are not probability distributions; or it is
+      over another space than `space_name` (when given).
+  """
+  path = pathlib.Path(path)
+  text = path.read_text()
+  try:
+    doc = json.loads(text)
+  except json.JSONDecodeError as e:
+    raise PolicyFileError(f"{path}: not valid JSON (truncated or corrupt?): "
+                          f"{e}") from e
+  if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+    raise PolicyFileError(f"{path}: not a {FORMAT} policy file (format="
+                          f"{doc.get('format') if isinstance(doc, dict) else None!r})")
+  for field in ("space", "num_transforms", "layers", "transforms"):
+    if field not in doc:
+      raise PolicyFileError(f"{path}: missing field {field!r}")
+  try:
+    space = space_lib.get_space(doc["space"])
+  except ValueError as e:
+    raise PolicyFileError(f"{path}: {e}") from e
+  if space_name is not None and doc["space"] != space_name:
+    raise PolicyFileError(f"{path}: policy is over the {doc['space']!r} space, "
+                          f"expected {space_name!r}")
+  if doc["num_transforms"] != space.size or len(doc["transforms"]) != space.size:
+    raise PolicyFileError(f"{path}: {doc['num_transforms']} transforms; the "
+                          f"{space.name} space has {space.size}")
+  for i, t in enumerate(doc["transforms"]):
+    if (t.get("op") != space.op_names[space.ops[i]] or
+        t.get("level") != space.levels[i]):
+      raise PolicyFileError(f"{path}: transform {i} is {t}, expected "
+                            f"{space.transform_name(i)}")
+  try:
+    probs = np.asarray([layer["probs"] for layer in doc["layers"]],
+                       np.float64).reshape(len(doc["layers"]), -1)
+  except (KeyError, TypeError, ValueError) as e:
+    raise PolicyFileError(f"{path}: malformed layers: {e}") from e
+  if probs.shape[1] != space.size:
+    raise PolicyFileError(f"{path}: layers have {probs.shape[1]} "
+                          f"probabilities, expected {space.size}")
+  try:
+    return Policy(probs, space.name, doc.get("name", path.stem),
+                  doc.get("metadata", {}))
+  except ValueError as e:
+    raise PolicyFileError(f"{path}: {e}") from e
+
+
+# --------------------------------------------------------------------------
+# From a config, and applying.
+# --------------------------------------------------------------------------
+
+
+def make_policy(config, space: space_lib.SearchSpace) -> Policy:
+  """The policy a `config.policy` section asks for.
+
+  Fields: kind (one of `KINDS`), path (for "official" and "file"),
+  num_layers (for "deepta"). Errors name the field and the valid values.
+  """
+  kind = config.kind
+  if kind not in KINDS:
+    raise ValueError(f"config.policy.kind must be one of {KINDS}, got {kind!r}")
+  if kind in ("official", "file"):
+    if not config.get("path"):
+      raise ValueError(f"config.policy.path is required for kind={kind!r}")
+    path = pathlib.Path(config.path).expanduser()
+    if not path.is_file():
+      raise FileNotFoundError(f"config.policy.path: no policy file at {path}")
+    policy = (load_official_npz(path) if kind == "official" else
+              load_policy(path))
+  else:
+    policy = baseline(kind, space, num_layers=config.get("num_layers", 6))
+  if policy.space_name != space.name:
+    raise ValueError(f"policy {policy.name!r} is over the "
+                     f"{policy.space_name!r} space but the data uses the "
+                     f"{space.name!r} space")
+  return policy
+
+
+def sample_indices(key: Array, probs: Array, num: int, *,
+                   offset: Array = 0) -> Array:
+  """Transform indices of `num` examples, one per layer: int32[num, K].
+
+  Example i, layer k draws from row k with key fold_in(fold_in(key, offset +
+  i), k), so draws do not depend on the batch size or on how a batch is
+  split.
+  """
+  logp = jnp.log(jnp.asarray(probs, jnp.float32))
+  keys = space_lib.example_keys(key, num, offset=offset)
+
+  def per_example(k):
+    return jax.vmap(lambda layer: jax.random.categorical(
+        jax.random.fold_in(k, layer), logp[layer]))(jnp.arange(logp.shape[0]))
+
+  return jax.vmap(per_example)(keys).astype(jnp.int32)
+
+
+def apply_policy(key: Array, images: Array, policy: Policy, *,
+                 random_sign: bool = False, method: str = "auto",
+                 offset: Array = 0) -> Array:
+  """Augments a batch with a policy, per example and per layer.
+
+  Args:
+    key: PRNG key.
+    images: uint8 or float32[B, H, W, 3] with integer values in [0, 255].
+    policy: the policy (its probabilities become constants of the jitted
+      computation).
+    random_sign: the official evaluation's 50% sign flip of shear, translate
+      and rotate magnitudes (spec §4.2); off by default (search semantics).
+    method: see `space.apply_chain_batch` ("auto": sequential on CPU).
+    offset: global index of the first example, for per-example keys that do
+      not depend on the batch size.
+
+  Returns:
+    float32[B, H, W, 3] with integer values in [0, 255].
+  """
+  images = jnp.asarray(images).astype(jnp.float32)
+  if policy.num_layers == 0:
+    return images
+  k_index, k_apply = jax.random.split(key)
+  indices = sample_indices(k_index, policy.probs, images.shape[0],
+                           offset=offset)
+  return space_lib.apply_chain_batch(k_apply, images, indices, policy.space,
+                                     random_sign=random_sign, method=method,
+                                     offset=offset)
