@@ -1,0 +1,602 @@
+"""The DeepAA policy search: layers stacked one at a time (paper §3.3).
+
+Layer k is a softmax over the |T| = 139 transforms, trained with Adam to
+maximise the cosine similarity between each search image's clean,
+class-matched validation gradient v and the policy-averaged gradient g of the
+image augmented by layers 1..k:
+
+  stage 1 (k = 1): g = G p exactly, over all 139 transforms of the image
+    (random ops realised once per image and step); reward = mean over the
+    search images (paper Eq. 3-5; spec §2.8).
+  stage k >= 2: g from M full-chain samples through layers 1..k (Eq. 8), G
+    from E independent prefix samples through layers 1..k-1, each followed by
+    all 139 transforms (Eq. 7); reward = mean - c * std over the search
+    images (Eq. 9-10; spec §2.9).
+
+Everything runs on the device from (state, key): sampling the search images
+and their validation batches, the augmentations (`space.apply_all`,
+`space.apply_chain_batch`), the gradients, the JVP rewards and the optax
+update. With `loop="scan"` one step is a single compiled function; with
+`loop="host"` (the CPU default) the backward passes run as a host loop over a
+compiled chunk function, which XLA:CPU executes 15-28x faster.
+
+Entry points: `search_layer(...)` trains one layer (what a notebook calls);
+`search(config, workdir)` pretrains the search network (or restores it) and
+then searches layers 1..K with checkpoints, exact resume and an optional stop
+when a layer converges to Identity.
+"""
+
+import dataclasses
+import functools
+import json
+import math
+import pathlib
+import time
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional
+
+from absl import logging
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from deepaa_jax import policy as policy_lib
+from deepaa_jax import reward as reward_lib
+from deepaa_jax import space as space_lib
+
+Array = jax.Array
+PyTree = Any
+
+
+# --------------------------------------------------------------------------
+# The policy optimiser.
+# --------------------------------------------------------------------------
+
+
+class KerasAdamState(NamedTuple):
+  count: Array
+  mu: PyTree
+  nu: PyTree
+
+
+def scale_by_keras_adam(b1: float = 0.9, b2: float = 0.999,
+                        eps: float = 1e-7) -> optax.GradientTransformation:
+  """Adam as `tf.keras.optimizers.Adam` computes it (the official optimiser).
+
+  Keras adds epsilon to sqrt(v) BEFORE bias correction: the update is
+  sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps), i.e. optax's Adam with
+  eps / sqrt(1 - b2^t) ("epsilon hat" of the Adam paper).
+  """
+
+  def init(params):
+    # Two separate buffers (they may be donated).
+    return KerasAdamState(jnp.zeros((), jnp.int32),
+                          jax.tree.map(jnp.zeros_like, params),
+                          jax.tree.map(jnp.zeros_like, params))
+
+  def update(updates, state, params=None):
+    del params
+    count = state.count + 1
+    mu = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, updates)
+    nu = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * g * g, state.nu,
+                      updates)
+    t = count.astype(jnp.float32)
+    factor = jnp.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+    out = jax.tree.map(lambda m, v: factor * m / (jnp.sqrt(v) + eps), mu, nu)
+    return out, KerasAdamState(count, mu, nu)
+
+  return optax.GradientTransformation(init, update)
+
+
+def policy_optimizer(config) -> optax.GradientTransformation:
+  """Adam(lr 0.025, 0.9, 0.999, eps 1e-7); Keras or optax epsilon placement.
+
+  `config` is a `config.search` section or a `StepSettings` (same fields).
+  """
+  if config.adam_style == "keras":
+    return optax.chain(
+        scale_by_keras_adam(config.adam_b1, config.adam_b2, config.adam_eps),
+        optax.scale(-config.policy_lr))
+  if config.adam_style == "optax":
+    return optax.adam(config.policy_lr, config.adam_b1, config.adam_b2,
+                      config.adam_eps)
+  raise ValueError("config.search.adam_style must be 'keras' or 'optax', got "
+                   f"{config.adam_style!r}")
+
+
+def initial_logits(num_transforms: int, init: str) -> np.ndarray:
+  """float32[T] initial layer logits.
+
+  "identity" (official): [8, 0, ..., 0] minus its mean, so p(Identity) =
+  e^8 / (e^8 + 138) = 0.956 (spec §2.5). "uniform": zeros.
+  """
+  if init == "identity":
+    logits = np.zeros(num_transforms, np.float32)
+    logits[0] = 8.0
+    return logits - logits.mean()
+  if init == "uniform":
+    return np.zeros(num_transforms, np.float32)
+  raise ValueError("config.search.init must be 'identity' or 'uniform', got "
+                   f"{init!r}")
+
+
+# --------------------------------------------------------------------------
+# Data: search images and class-matched validation batches, on the device.
+# --------------------------------------------------------------------------
+
+
+@flax.struct.dataclass
+class SearchData:
+  """Device-resident search and validation pools.
+
+  search_images: uint8[Ns, H, W, 3]; search_labels: int32[Ns].
+  val_images: uint8[Nv, H, W, 3]; val_labels: int32[Nv].
+  search_by_class / val_by_class: int32[C, max count] indices per class
+    (padded with 0); search_counts / val_counts: int32[C].
+  """
+  search_images: Array
+  search_labels: Array
+  val_images: Array
+  val_labels: Array
+  search_by_class: Array
+  search_counts: Array
+  val_by_class: Array
+  val_counts: Array
+  num_classes: int = flax.struct.field(pytree_node=False)
+
+
+def _by_class(labels: np.ndarray, num_classes: int):
+  counts = np.bincount(labels, minlength=num_classes)
+  table = np.zeros((num_classes, max(1, counts.max())), np.int32)
+  for c in range(num_classes):
+    idx = np.flatnonzero(labels == c)
+    table[c, :len(idx)] = idx
+  return table, counts.astype(np.int32)
+
+
+def make_search_data(search_images, search_labels, val_images, val_labels,
+                     num_classes: int) -> SearchData:
+  """Builds `SearchData` from uint8 images and int labels (numpy or jax).
+
+  Raises ValueError if a class present in the search pool has fewer
+  validation images than needed later (checked in `sample_batch` callers) or
+  if dtypes/shapes are wrong.
+  """
+  search_labels = np.asarray(search_labels).astype(np.int32)
+  val_labels = np.asarray(val_labels).astype(np.int32)
+  for what, images, labels in (("search", search_images, search_labels),
+                               ("validation", val_images, val_labels)):
+    if np.asarray(images).dtype != np.uint8 or np.ndim(images) != 4:
+      raise ValueError(f"{what} images must be uint8[N, H, W, 3], got "
+                       f"{np.asarray(images).dtype}{np.shape(images)}")
+    if len(labels) != len(images) or len(labels) == 0:
+      raise ValueError(f"{what}: {len(images)} images but {len(labels)} labels")
+    if labels.min() < 0 or labels.max() >= num_classes:
+      raise ValueError(f"{what} labels must be in [0, {num_classes})")
+  s_table, s_counts = _by_class(search_labels, num_classes)
+  v_table, v_counts = _by_class(val_labels, num_classes)
+  return SearchData(jnp.asarray(search_images), jnp.asarray(search_labels),
+                    jnp.asarray(val_images), jnp.asarray(val_labels),
+                    jnp.asarray(s_table), jnp.asarray(s_counts),
+                    jnp.asarray(v_table), jnp.asarray(v_counts), num_classes)
+
+
+class Batch(NamedTuple):
+  images: Array  # uint8[S, H, W, 3]
+  labels: Array  # int32[S]
+  val_images: Array  # uint8[S, V, H, W, 3]
+  val_labels: Array  # int32[S, V]
+
+
+def _choose(key: Array, table_row: Array, count: Array, num: int) -> Array:
+  """`num` distinct entries of table_row[:count] (uniform without replacement;
+  with replacement if count < num)."""
+  width = table_row.shape[0]
+  scores = jax.random.uniform(key, (width,))
+  scores = jnp.where(jnp.arange(width) < count, scores, 2.0)
+  first = jnp.argsort(scores)[:num]
+  # If the class has fewer than `num` images, wrap around (with replacement).
+  first = jnp.where(jnp.arange(num) < count, first,
+                    first[jnp.arange(num) % jnp.maximum(count, 1)])
+  return table_row[first]
+
+
+def sample_batch(key: Array, data: SearchData, *, num_images: int,
+                 val_batch: int, class_conditional: bool = True) -> Batch:
+  """One step's search images, each with its own clean validation batch.
+
+  Official (class_conditional=True, spec §2.6): for each search image draw a
+  class uniformly, then one search image and `val_batch` distinct validation
+  images of that class. Paper reading (False): the search image uniformly
+  from the pool and a validation batch uniformly from the validation pool.
+  Drawn from JAX keys, so the search is deterministic given the seed (the
+  official sampler uses unseeded Python `random`).
+  """
+  k_class, k_search, k_val = jax.random.split(key, 3)
+  if class_conditional:
+    # Only classes present in both pools can be drawn.
+    ok = (data.search_counts > 0) & (data.val_counts > 0)
+    classes = jax.random.categorical(
+        k_class, jnp.where(ok, 0.0, -jnp.inf), shape=(num_images,))
+    search_idx = jax.vmap(lambda k, c: _choose(
+        k, data.search_by_class[c], data.search_counts[c], 1)[0])(
+            jax.random.split(k_search, num_images), classes)
+    val_idx = jax.vmap(lambda k, c: _choose(
+        k, data.val_by_class[c], data.val_counts[c], val_batch))(
+            jax.random.split(k_val, num_images), classes)
+  else:
+    n_search = data.search_labels.shape[0]
+    n_val = data.val_labels.shape[0]
+    search_idx = jax.random.randint(k_search, (num_images,), 0, n_search)
+    val_idx = jax.vmap(lambda k: jax.random.choice(
+        k, n_val, (val_batch,), replace=False))(
+            jax.random.split(k_val, num_images))
+  return Batch(data.search_images[search_idx], data.search_labels[search_idx],
+               data.val_images[val_idx], data.val_labels[val_idx])
+
+
+# --------------------------------------------------------------------------
+# One policy-gradient step.
+# --------------------------------------------------------------------------
+
+
+@flax.struct.dataclass
+class SearchModel:
+  """The frozen search network: the gradient space w and the rest."""
+  w: PyTree
+  frozen: PyTree
+  loss: reward_lib.PerExampleLoss = flax.struct.field(pytree_node=False)
+
+
+@flax.struct.dataclass
+class LayerState:
+  """The trainable state of the layer being searched."""
+  step: Array  # int32 scalar
+  logits: Array  # float32[T]
+  opt_state: PyTree
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSettings:
+  """The static settings of a step (hashable; from `config.search`)."""
+  space: space_lib.SearchSpace
+  num_images: int  # S, search images per step (16)
+  val_batch: int  # V, validation images per search image (64)
+  class_conditional: bool
+  gt_samples: int  # M, full-chain samples for g in stages >= 2 (4 * 139)
+  g_prefixes: int  # E, prefix samples for G in stages >= 2 (16)
+  std_coef: float  # c of Eq. 10 in stages >= 2 (1.0)
+  stage1_std_coef: float  # c in stage 1 (0.0 officially)
+  normalization: str  # "cosine" (official) or "paper"
+  loss_scale_stage1: float  # 0.25 officially
+  loss_scale_stage_k: Optional[float]  # None: S (officially 16)
+  chunk_size: int  # images per chunk of the gradient and JVP passes
+  loop: str  # "scan" or "host"
+  augment_method: str  # apply_chain_batch method ("auto")
+  policy_lr: float  # Adam learning rate (0.025)
+  adam_b1: float
+  adam_b2: float
+  adam_eps: float
+  adam_style: str  # "keras" or "optax"
+
+
+class Augmented(NamedTuple):
+  """A step's images: what the gradients and the JVPs run on."""
+  val_images: Array  # float32[S, V, H, W, 3]
+  val_labels: Array  # int32[S, V]
+  g_images: Array  # float32[S, N_g, H, W, 3]
+  g_labels: Array  # int32[S, N_g]
+  g_weights: Array  # float32[S, N_g]
+  jvp_images: Array  # float32[S, N_r, H, W, 3] (N_r = E * T, or T)
+  jvp_labels: Array  # int32[S, N_r]
+
+
+def _augment(settings: StepSettings, key: Array, batch: Batch,
+             earlier_probs: Array, probs: Array) -> Augmented:
+  """Builds the step's augmented images on the device.
+
+  Stage 1 (no earlier layers): the 139 transforms of each search image (one
+  realisation of the random ops per image), used both for g = G p (weights
+  p) and for the rewards. Stage k: M full-chain samples (layers 1..k, the
+  current layer included) for g (weights 1/M), and E prefixes through layers
+  1..k-1, each followed by all 139 transforms, for the rewards.
+  """
+  space = settings.space
+  s = settings.num_images
+  t = space.size
+  h, w = batch.images.shape[1:3]
+  val = batch.val_images.astype(jnp.float32)
+  k_dense, k_g, k_prefix = jax.random.split(key, 3)
+  images = batch.images.astype(jnp.float32)
+  if earlier_probs.shape[0] == 0:
+    dense = jax.vmap(lambda k, x: space_lib.apply_all(k, x, space))(
+        jax.random.split(k_dense, s), images)  # [S, T, H, W, 3]
+    labels = jnp.repeat(batch.labels[:, None], t, axis=1)
+    weights = jnp.broadcast_to(probs[None, :], (s, t))
+    return Augmented(val, batch.val_labels, dense, labels, weights, dense,
+                     labels)
+  m, e = settings.gt_samples, settings.g_prefixes
+  # g: M samples of the full chain (layers 1..k), weights 1/M.
+  all_probs = jnp.concatenate([earlier_probs, probs[None]], axis=0)
+  k_idx, k_apply = jax.random.split(k_g)
+  idx = policy_lib.sample_indices(k_idx, all_probs, s * m)
+  chains = space_lib.apply_chain_batch(
+      k_apply, jnp.repeat(images, m, axis=0), idx, space,
+      method=settings.augment_method)
+  g_images = chains.reshape(s, m, h, w, 3)
+  g_labels = jnp.repeat(batch.labels[:, None], m, axis=1)
+  g_weights = jnp.full((s, m), 1.0 / m, jnp.float32)
+  # G: E prefix samples through layers 1..k-1, then all T transforms.
+  k_idx, k_apply, k_all = jax.random.split(k_prefix, 3)
+  idx = policy_lib.sample_indices(k_idx, earlier_probs, s * e)
+  prefixes = space_lib.apply_chain_batch(
+      k_apply, jnp.repeat(images, e, axis=0), idx, space,
+      method=settings.augment_method)
+  dense = jax.vmap(lambda k, x: space_lib.apply_all(k, x, space))(
+      jax.random.split(k_all, s * e), prefixes)  # [S*E, T, H, W, 3]
+  r_images = dense.reshape(s, e * t, h, w, 3)
+  r_labels = jnp.repeat(batch.labels[:, None], e * t, axis=1)
+  return Augmented(val, batch.val_labels, g_images, g_labels, g_weights,
+                   r_images, r_labels)
+
+
+def _prepare(settings: StepSettings, data: SearchData, key: Array,
+             earlier_probs: Array, logits: Array) -> Augmented:
+  k_batch, k_aug = jax.random.split(key)
+  batch = sample_batch(k_batch, data, num_images=settings.num_images,
+                       val_batch=settings.val_batch,
+                       class_conditional=settings.class_conditional)
+  return _augment(settings, k_aug, batch, earlier_probs,
+                  jax.nn.softmax(logits))
+
+
+def _gradients(settings: StepSettings, model: SearchModel, aug: Augmented,
+               loop: str):
+  """v and g of every search image (trees with a leading axis S)."""
+  s, v = aug.val_labels.shape
+  v_grad = reward_lib.group_weighted_grads(
+      model.loss, model.w, model.frozen, aug.val_images, aug.val_labels,
+      jnp.full((s, v), 1.0 / v, jnp.float32), chunk_size=settings.chunk_size,
+      loop=loop)
+  g_grad = reward_lib.group_weighted_grads(
+      model.loss, model.w, model.frozen, aug.g_images, aug.g_labels,
+      aug.g_weights, chunk_size=settings.chunk_size, loop=loop)
+  return v_grad, g_grad
+
+
+def _finish(settings: StepSettings, model: SearchModel, state: LayerState,
+            aug: Augmented, v_grad: PyTree, g_grad: PyTree, stage1: bool):
+  """Rewards (JVP), aggregation, the Adam step, and diagnostics."""
+  t = settings.space.size
+  rewards, cos, g_norm, v_norm = reward_lib.rewards_from_gradients(
+      model.loss, model.w, model.frozen, v_grad, g_grad, aug.jvp_images,
+      aug.jvp_labels, chunk_size=settings.chunk_size,
+      normalization=settings.normalization)
+  s = rewards.shape[0]
+  per_image = rewards.reshape(s, -1, t).mean(axis=1)  # mean over prefixes
+  if stage1:
+    reward = reward_lib.regularized_reward(
+        per_image, std_coef=settings.stage1_std_coef)
+    scale = settings.loss_scale_stage1
+  else:
+    reward = reward_lib.regularized_reward(per_image,
+                                           std_coef=settings.std_coef)
+    scale = (settings.loss_scale_stage_k if settings.loss_scale_stage_k
+             is not None else float(s))
+  grad = jax.grad(reward_lib.policy_loss)(state.logits, reward, scale=scale)
+  optimizer = policy_optimizer(settings)
+  updates, opt_state = optimizer.update(grad, state.opt_state, state.logits)
+  logits = optax.apply_updates(state.logits, updates)
+  probs = jax.nn.softmax(state.logits)
+  new_probs = jax.nn.softmax(logits)
+  diagnostics = {
+      "cos_sim": jnp.mean(cos),
+      "reward_mean": jnp.mean(per_image),
+      "reward_std": jnp.mean(jnp.std(per_image, axis=0)),
+      "expected_reward": jnp.sum(probs * reward),
+      "g_norm": jnp.mean(g_norm),
+      "v_norm": jnp.mean(v_norm),
+      "entropy": -jnp.sum(new_probs * jnp.log(new_probs + 1e-30)),
+      "p_identity": new_probs[0],
+      "finite": jnp.all(jnp.isfinite(logits)) & jnp.all(jnp.isfinite(reward)),
+  }
+  new_state = LayerState(state.step + 1, logits, opt_state)
+  return new_state, diagnostics
+
+
+def _full_step(settings: StepSettings, model: SearchModel, data: SearchData,
+               state: LayerState, key: Array, earlier_probs: Array,
+               stage1: bool):
+  aug = _prepare(settings, data, key, earlier_probs, state.logits)
+  v_grad, g_grad = _gradients(settings, model, aug, "scan")
+  return _finish(settings, model, state, aug, v_grad, g_grad, stage1)
+
+
+# Compiled once per (static settings, shapes): module-level jits with the
+# hashable settings as static arguments, so repeated `search_layer` calls
+# (layers, resumes, notebooks) reuse the compilation.
+_full_step_jit = jax.jit(_full_step, static_argnums=(0, 6), donate_argnums=(3,))
+_prepare_jit = jax.jit(_prepare, static_argnums=(0,))
+_finish_jit = jax.jit(_finish, static_argnums=(0, 6), donate_argnums=(2,))
+
+
+def layer_step(settings: StepSettings, model: SearchModel, data: SearchData,
+               state: LayerState, key: Array, earlier_probs: Array):
+  """One policy-gradient step of the current layer.
+
+  Args:
+    settings: static settings (`step_settings(config.search, space)`).
+    model: the frozen search network.
+    data: the device-resident pools.
+    state: the layer's state (donated: do not reuse it).
+    key: this step's key.
+    earlier_probs: float32[k-1, T] probabilities of the earlier layers.
+
+  Returns:
+    (new state, diagnostics: dict of scalars).
+  """
+  stage1 = earlier_probs.shape[0] == 0
+  if settings.loop == "scan":
+    return _full_step_jit(settings, model, data, state, key, earlier_probs,
+                          stage1)
+  if settings.loop != "host":
+    raise ValueError(f"config.search.loop must be one of "
+                     f"{reward_lib.LOOPS + ('auto',)}, got {settings.loop!r}")
+  aug = _prepare_jit(settings, data, key, earlier_probs, state.logits)
+  v_grad, g_grad = _gradients(settings, model, aug, "host")
+  return _finish_jit(settings, model, state, aug, v_grad, g_grad, stage1)
+
+
+def step_settings(config, space: space_lib.SearchSpace) -> StepSettings:
+  """`StepSettings` from a `config.search` section (validated)."""
+  loop = config.loop
+  if loop == "auto":
+    loop = "host" if jax.default_backend() == "cpu" else "scan"
+  gt = config.gt_samples_factor * space.size if config.gt_samples == 0 else (
+      config.gt_samples)
+  return StepSettings(
+      space=space, num_images=config.num_images, val_batch=config.val_batch,
+      class_conditional=config.class_conditional, gt_samples=int(gt),
+      g_prefixes=config.g_prefixes, std_coef=config.std_coef,
+      stage1_std_coef=config.stage1_std_coef,
+      normalization=config.normalization,
+      loss_scale_stage1=config.loss_scale_stage1,
+      loss_scale_stage_k=(config.loss_scale_stage_k or None),
+      chunk_size=config.chunk_size, loop=loop,
+      augment_method=config.augment_method, policy_lr=config.policy_lr,
+      adam_b1=config.adam_b1, adam_b2=config.adam_b2,
+      adam_eps=config.adam_eps, adam_style=config.adam_style)
+
+
+# --------------------------------------------------------------------------
+# One layer, as a notebook calls it.
+# --------------------------------------------------------------------------
+
+
+def init_layer_state(config, space: space_lib.SearchSpace) -> LayerState:
+  logits = jnp.asarray(initial_logits(space.size, config.init))
+  return LayerState(jnp.zeros((), jnp.int32), logits,
+                    policy_optimizer(config).init(logits))
+
+
+def _to_host(diag: Mapping[str, Array]) -> Dict[str, float]:
+  return {k: float(v) for k, v in jax.device_get(dict(diag)).items()}
+
+
+def search_layer(key: Array, model: SearchModel, earlier_layers, data:
+                 SearchData, config, *, state: Optional[LayerState] = None,
+                 num_steps: Optional[int] = None,
+                 callback: Optional[Callable] = None,
+                 progress: bool = True):
+  """Trains one policy layer on top of `earlier_layers`.
+
+  Args:
+    key: the layer's PRNG key; step s uses fold_in(key, s), so results do not
+      depend on where a run was interrupted.
+    model: the frozen search network (`make_search_model`).
+    earlier_layers: float[k-1, T] probabilities of layers 1..k-1 (k = 1: an
+      empty [0, T] array), or a `Policy`.
+    data: the device-resident pools (`make_search_data`).
+    config: the `config.search` section.
+    state: resume from this layer state (default: a fresh layer).
+    num_steps: total steps for the layer (default `config.steps_per_layer`).
+    callback: called as callback(step, state, diagnostics) after each step
+      (checkpointing, logging); may return True to stop early.
+    progress: show a progress bar (tqdm) with ETA.
+
+  Returns:
+    (logits float32[T], history: dict of float lists, one entry per step,
+     plus "top5": per-step list of (index, probability) pairs).
+  """
+  space = space_lib.get_space(config.space)
+  if isinstance(earlier_layers, policy_lib.Policy):
+    earlier_layers = earlier_layers.probs
+  earlier = jnp.asarray(np.asarray(earlier_layers, np.float32).reshape(
+      -1, space.size))
+  settings = step_settings(config, space)
+  state = state if state is not None else init_layer_state(config, space)
+  total = int(num_steps if num_steps is not None else config.steps_per_layer)
+  history: Dict[str, List[Any]] = {}
+  bar = None
+  if progress:
+    from tqdm import auto as tqdm  # pylint: disable=g-import-not-at-top
+    bar = tqdm.tqdm(total=total, initial=int(state.step),
+                    desc=f"layer {earlier.shape[0] + 1}", leave=False)
+  while int(state.step) < total:
+    step = int(state.step)
+    state, diag = layer_step(settings, model, data, state,
+                             jax.random.fold_in(key, step), earlier)
+    diag = _to_host(diag)
+    if not diag.pop("finite"):
+      raise FloatingPointError(
+          f"non-finite policy logits or rewards at layer "
+          f"{earlier.shape[0] + 1}, step {step}: {diag}")
+    probs = np.asarray(jax.nn.softmax(state.logits))
+    top = np.argsort(-probs)[:5]
+    diag_top = [(int(i), float(probs[i])) for i in top]
+    for name, value in diag.items():
+      history.setdefault(name, []).append(value)
+    history.setdefault("top5", []).append(diag_top)
+    if bar is not None:
+      bar.update(1)
+      bar.set_postfix(cos=f"{diag['cos_sim']:.3f}",
+                      p_id=f"{diag['p_identity']:.3f}")
+    if callback is not None and callback(step + 1, state, dict(diag,
+                                                               top5=diag_top)):
+      break
+  if bar is not None:
+    bar.close()
+  return np.asarray(state.logits), history
+
+
+# --------------------------------------------------------------------------
+# The search model.
+# --------------------------------------------------------------------------
+
+
+def make_search_model(model, params, batch_stats, *, mean, std) -> SearchModel:
+  """Freezes a trained network for the search: BN in inference mode, the
+  gradient space without BN gamma/beta (spec §2.4), no L2 in the loss."""
+  w, frozen = reward_lib.split_frozen(params, batch_stats)
+  loss = reward_lib.PerExampleLoss(model, tuple(float(m) for m in mean),
+                                   tuple(float(s) for s in std))
+  return SearchModel(w, frozen, loss)
+
+
+def default_search_config():
+  """The `config.search` section: the official recipe (spec §2) by default.
+
+  Where the paper and the official code differ (spec §2.13) both are
+  available; the default is the code, because the code produced the shipped
+  policies and its reward is the exact derivative of the cosine.
+  """
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  c = ml_collections.ConfigDict()
+  c.space = "cifar"  # transform set: "cifar" or "imagenet" (139 each).
+  c.num_layers = 6  # K, policy layers searched one at a time (paper: 6 for CIFAR).
+  c.steps_per_layer = 1024  # Adam steps per layer (code README 1024; paper 512).
+  c.num_images = 16  # search images per step (`train_same_labels`).
+  c.val_batch = 64  # clean validation images per search image (code: 64).
+  c.class_conditional = True  # val batch of the search image's class (code) vs any class (paper).
+  c.gt_samples = 0  # M, full-chain samples for g at k >= 2; 0 = gt_samples_factor * |T|.
+  c.gt_samples_factor = 4  # EXP_gT_factor: M = 4 * 139 = 556 (code).
+  c.g_prefixes = 16  # E, prefix samples for G at k >= 2 (EXP_G, code).
+  c.std_coef = 1.0  # c of Eq. 10 for k >= 2 (paper and code: 1).
+  c.stage1_std_coef = 0.0  # c in stage 1 (code: plain mean).
+  c.normalization = "cosine"  # r / (|g||v|) = d cos / d p (code) or r / |g| (paper Eq. 5).
+  c.loss_scale_stage1 = 0.25  # mult_factor of stage 1 (code).
+  c.loss_scale_stage_k = 0.0  # mult_factor of stages >= 2; 0 = num_images (code: 16).
+  c.init = "identity"  # initial logits: [8, 0, ...] - mean, p(Identity)=0.956 (code), or "uniform".
+  c.policy_lr = 0.025  # Adam learning rate (paper and code).
+  c.adam_b1 = 0.9  # Adam beta1 (Keras default).
+  c.adam_b2 = 0.999  # Adam beta2 (Keras default).
+  c.adam_eps = 1e-7  # Adam epsilon (Keras default).
+  c.adam_style = "keras"  # epsilon before bias correction (Keras, code) or "optax".
+  c.chunk_size = 256  # images per gradient/JVP chunk (_PARALLEL_BATCH for WRN-40-2).
+  c.loop = "auto"  # chunk loop: "scan" (in-graph), "host", or "auto" (host on CPU).
+  c.augment_method = "auto"  # apply_chain_batch method: auto/sequential/vectorized.
+  c.stop_identity_threshold = 0.0  # stop adding layers once p(Identity) >= this (0 = off).
+  c.seed = 0  # PRNG seed of the search (data sampling, augmentation).
+  c.checkpoint_every_steps = 50  # search checkpoint period (and after each layer).
+  return c

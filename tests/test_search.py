@@ -1,0 +1,244 @@
+"""Tests for deepaa_jax/search.py: sampler, optimiser, MC estimates, a toy
+problem with a known answer, determinism and resume."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from deepaa_jax import input_pipeline as ip
+from deepaa_jax import reward as R
+from deepaa_jax import search as SE
+from deepaa_jax import space as S
+from tests.conftest import synthetic_images
+from tests.test_reward import Tiny
+
+CIFAR = S.cifar_space()
+
+
+def _model(seed=0, num_classes=2):
+  model = Tiny(num_classes=num_classes)
+  variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, 32, 32, 3)),
+                                           train=False))(jax.random.key(seed))
+  return SE.make_search_model(model, variables["params"],
+                              variables["batch_stats"],
+                              mean=ip.CIFAR_SEARCH_MEAN, std=ip.CIFAR_STD)
+
+
+def _config(**overrides):
+  config = SE.default_search_config()
+  config.num_images = 2
+  config.val_batch = 3
+  config.gt_samples = 8
+  config.g_prefixes = 2
+  config.chunk_size = 64
+  config.loop = "host"
+  config.update(overrides)
+  return config
+
+
+def _data(num_classes=2):
+  images = np.concatenate([synthetic_images(32, s) for s in range(3)])
+  labels = np.arange(len(images)) % num_classes
+  return SE.make_search_data(images[:12], labels[:12], images[12:],
+                             labels[12:], num_classes)
+
+
+def test_initial_logits_and_keras_adam():
+  logits = SE.initial_logits(139, "identity")
+  p = jax.nn.softmax(logits)
+  np.testing.assert_allclose(p[0], np.exp(8) / (np.exp(8) + 138), rtol=1e-6)
+  np.testing.assert_allclose(logits[0], 8 - 8 / 139, rtol=1e-6)
+  np.testing.assert_allclose(SE.initial_logits(5, "uniform"), 0)
+  # Keras Adam by hand: m, v, then lr*sqrt(1-b2^t)/(1-b1^t) * m/(sqrt(v)+eps).
+  config = _config(policy_lr=0.1, adam_eps=1e-3)
+  opt = SE.policy_optimizer(config)
+  x = jnp.asarray([1.0, -2.0])
+  state = opt.init(x)
+  m = v = np.zeros(2)
+  expected = np.asarray(x)
+  for t, grad in enumerate([np.asarray([0.5, 1.0]), np.asarray([-0.2, 3.0]),
+                            np.asarray([0.1, -1.0])], start=1):
+    updates, state = opt.update(jnp.asarray(grad, jnp.float32), state, x)
+    x = x + updates
+    m = 0.9 * m + 0.1 * grad
+    v = 0.999 * v + 0.001 * grad ** 2
+    expected = expected - 0.1 * np.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t) * (
+        m / (np.sqrt(v) + 1e-3))
+    np.testing.assert_allclose(x, expected, rtol=1e-5)
+
+
+def test_sampler_draws_class_matched_validation_batches():
+  images = np.zeros((200, 2, 2, 3), np.uint8)
+  labels = np.arange(200) % 5
+  images[:, 0, 0, 0] = np.arange(200)  # identify images by their pixel
+  data = SE.make_search_data(images[:100], labels[:100], images[100:],
+                             labels[100:], 5)
+  batch = jax.jit(lambda k: SE.sample_batch(k, data, num_images=16,
+                                            val_batch=8))(jax.random.key(0))
+  assert batch.images.shape == (16, 2, 2, 3)
+  assert batch.val_images.shape == (16, 8, 2, 2, 3)
+  np.testing.assert_array_equal(batch.val_labels,
+                                np.repeat(batch.labels[:, None], 8, axis=1))
+  ids = np.asarray(batch.val_images[..., 0, 0, 0])
+  assert all(len(set(row)) == 8 for row in ids)  # without replacement
+  assert ids.min() >= 100  # validation pool only
+  # Deterministic per key, different across keys.
+  again = SE.sample_batch(jax.random.key(0), data, num_images=16, val_batch=8)
+  np.testing.assert_array_equal(again.val_images, batch.val_images)
+  other = SE.sample_batch(jax.random.key(1), data, num_images=16, val_batch=8)
+  assert not np.array_equal(other.val_images, batch.val_images)
+  # Classes are uniform (chi-square over many draws).
+  many = jax.vmap(lambda k: SE.sample_batch(k, data, num_images=16,
+                                            val_batch=8).labels)(
+                                                jax.random.split(
+                                                    jax.random.key(2), 500))
+  counts = np.bincount(np.asarray(many).ravel(), minlength=5)
+  assert stats.chisquare(counts).pvalue > 1e-3
+  # Paper reading: any validation images.
+  loose = SE.sample_batch(jax.random.key(0), data, num_images=16, val_batch=8,
+                          class_conditional=False)
+  assert not np.all(np.asarray(loose.val_labels) == np.asarray(
+      loose.labels)[:, None])
+
+
+def test_search_data_validation():
+  with pytest.raises(ValueError, match="uint8"):
+    SE.make_search_data(np.zeros((2, 4, 4, 3), np.float32), [0, 1],
+                        np.zeros((2, 4, 4, 3), np.uint8), [0, 1], 2)
+  with pytest.raises(ValueError, match=r"labels must be in \[0, 2\)"):
+    SE.make_search_data(np.zeros((2, 4, 4, 3), np.uint8), [0, 5],
+                        np.zeros((2, 4, 4, 3), np.uint8), [0, 1], 2)
+
+
+def _settings(**kw):
+  base = dict(space=CIFAR, num_images=1, val_batch=1, class_conditional=True,
+              gt_samples=8, g_prefixes=2, std_coef=1.0, stage1_std_coef=0.0,
+              normalization="cosine", loss_scale_stage1=0.25,
+              loss_scale_stage_k=None, chunk_size=64, loop="host",
+              augment_method="auto", policy_lr=0.025, adam_b1=0.9,
+              adam_b2=0.999, adam_eps=1e-7, adam_style="keras")
+  base.update(kw)
+  return SE.StepSettings(**base)
+
+
+def _one_hot_policy(support, probs):
+  p = np.zeros(139)
+  p[list(support)] = probs
+  return p
+
+
+def test_stage_k_monte_carlo_estimates_converge_to_the_exact_expectation():
+  """Eq. 7-8 on a small support: earlier layer over {Identity, ShearX m=0,
+  Invert}, current layer over {Rotate +30, Equalize}. The M full-chain
+  samples follow p1 x p2 (chi-square), and the Monte-Carlo g converges to the
+  exact sum over the 6 chains; the E prefixes follow p1 and each is followed
+  by all 139 transforms."""
+  model = _model()
+  image = synthetic_images()[6]
+  batch = SE.Batch(jnp.asarray(image[None]), jnp.asarray([1]),
+                   jnp.asarray(image[None, None]), jnp.asarray([[1]]))
+  p1 = _one_hot_policy([0, 1, 62], [0.2, 0.5, 0.3])
+  p2 = _one_hot_policy([60, 63], [0.6, 0.4])
+  chain = jax.jit(lambda idx: S.apply_chain(jax.random.key(0), image, idx,
+                                            CIFAR))
+  chains = {(a, b): np.asarray(chain(jnp.asarray([a, b])))
+            for a in (0, 1, 62) for b in (60, 63)}
+  loss = model.loss
+
+  def mean_grad(imgs):
+    imgs = jnp.asarray(imgs, jnp.float32)[None]
+    labels = jnp.ones(imgs.shape[:2], jnp.int32)
+    weights = jnp.full(imgs.shape[:2], 1.0 / imgs.shape[1])
+    return R.group_weighted_grads(loss, model.w, model.frozen, imgs, labels,
+                                  weights, chunk_size=512, loop="host")
+
+  exact = jax.tree.map(lambda *gs: sum(gs), *[
+      jax.tree.map(lambda g, c=p1[a] * p2[b]: c * g, mean_grad(img[None]))
+      for (a, b), img in chains.items()])
+  m, e = 2000, 150
+  settings = _settings(gt_samples=m, g_prefixes=e)
+  aug = jax.jit(lambda k: SE._augment(settings, k, batch, jnp.asarray(
+      p1[None], jnp.float32), jnp.asarray(p2, jnp.float32)))(jax.random.key(3))
+  samples = np.asarray(aug.g_images[0])
+  keys = [next(k for k, c in chains.items() if np.array_equal(s, c))
+          for s in samples]  # every sample is one of the 6 chains
+  counts = np.asarray([keys.count(k) for k in chains])
+  expected = np.asarray([p1[a] * p2[b] for a, b in chains]) * m
+  assert stats.chisquare(counts, expected).pvalue > 1e-3
+  # G: prefix e followed by every transform n.
+  prefixes = np.asarray(aug.jvp_images[0]).reshape(e, 139, 32, 32, 3)
+  singles = {a: np.asarray(chain(jnp.asarray([a, 0]))) for a in (0, 1, 62)}
+  firsts = [next(a for a, single in singles.items()
+                 if np.array_equal(pre[0], single)) for pre in prefixes]
+  counts = np.asarray([firsts.count(a) for a in (0, 1, 62)])
+  assert stats.chisquare(counts, np.asarray([0.2, 0.5, 0.3]) * e
+                         ).pvalue > 1e-3
+  n = 60  # a deterministic transform: prefix then Rotate +30
+  np.testing.assert_array_equal(
+      prefixes[0, n], S.apply_transform(jax.random.key(0), prefixes[0, 0], n,
+                                        CIFAR))
+  # The Monte-Carlo g approaches the exact expectation as M grows.
+  errors = {}
+  for size in (40, m):
+    estimate = mean_grad(samples[:size])
+    errors[size] = float(R.tree_norm(jax.tree.map(jnp.subtract, estimate,
+                                                  exact)) / R.tree_norm(exact))
+  assert errors[2000] < errors[40]
+  assert errors[2000] < 0.05, errors
+
+
+def test_toy_problem_moves_probability_onto_the_aligning_transform():
+  """The validation image is the inverted search image, so Invert (and its
+  exact duplicate Solarize(0)) makes the augmented gradient equal to v: the
+  search must move the probability there and raise the cosine."""
+  model = _model()
+  x = synthetic_images()[6][None]
+  data = SE.make_search_data(x, [0], (255 - x).astype(np.uint8), [0], 2)
+  config = _config(num_images=1, val_batch=1, chunk_size=139)
+  logits, history = SE.search_layer(jax.random.key(0), model,
+                                    np.zeros((0, 139)), data, config,
+                                    num_steps=120, progress=False)
+  p = np.asarray(jax.nn.softmax(logits))
+  invert = CIFAR.index_of("Invert")
+  solarize0 = CIFAR.index_of("Solarize", 0)
+  assert set(np.argsort(-p)[:2]) == {invert, solarize0}
+  assert p[invert] + p[solarize0] > 0.25  # from 6e-4 at init
+  np.testing.assert_allclose(p[invert], p[solarize0], rtol=1e-4)  # duplicates
+  assert history["cos_sim"][-1] > history["cos_sim"][0] + 0.3
+  # Stage 1: sum_n p_n r_n = 0, so the expected reward stays ~0.
+  assert max(abs(r) for r in history["expected_reward"]) < 1e-4
+
+
+def test_same_seed_same_policy_and_resume_is_bit_identical():
+  model, data = _model(), _data()
+  config = _config()
+  earlier = np.full((1, 139), 1 / 139)
+  key = jax.random.key(5)
+  full, _ = SE.search_layer(key, model, earlier, data, config, num_steps=4,
+                            progress=False)
+  again, _ = SE.search_layer(key, model, earlier, data, config, num_steps=4,
+                             progress=False)
+  np.testing.assert_array_equal(full, again)
+  states = []
+  SE.search_layer(key, model, earlier, data, config, num_steps=2,
+                  progress=False,
+                  callback=lambda step, state, diag: states.append(state))
+  resumed, _ = SE.search_layer(key, model, earlier, data, config,
+                               state=states[-1], num_steps=4, progress=False)
+  np.testing.assert_array_equal(resumed, full)
+  other, _ = SE.search_layer(jax.random.key(6), model, earlier, data, config,
+                             num_steps=4, progress=False)
+  assert not np.array_equal(other, full)
+
+
+def test_host_and_scan_loops_agree():
+  model, data = _model(), _data()
+  out = {}
+  for loop in ("host", "scan"):
+    config = _config(loop=loop)
+    out[loop], _ = SE.search_layer(jax.random.key(1), model,
+                                   np.zeros((0, 139)), data, config,
+                                   num_steps=2, progress=False)
+  np.testing.assert_allclose(out["host"], out["scan"], rtol=1e-5, atol=1e-6)
