@@ -129,3 +129,37 @@ def policy_magnitudes(path, policy, *, title=None) -> pathlib.Path:
   fig.savefig(path, dpi=130)
   plt.close(fig)
   return path
+
+
+def search_history(path, records, *, title="DeepAA search") -> pathlib.Path:
+  """Per-step search diagnostics, one colour per layer: cosine similarity of
+  v and g, p(Identity), policy entropy and the expected reward.
+
+  Args:
+    path: output PNG path.
+    records: dicts with "layer", "step" and the diagnostic names (the lines
+      of `search_metrics.jsonl`).
+  """
+  plt = _pyplot()
+  names = [("cos_sim", "cos(v, g)"), ("p_identity", "p(Identity)"),
+           ("entropy", "entropy (nats)"), ("reward_std",
+                                           "std of rewards over images")]
+  fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2))
+  layers = sorted({r["layer"] for r in records})
+  cmap = plt.get_cmap("viridis")
+  for ax, (key, label) in zip(axes, names):
+    for i, layer in enumerate(layers):
+      rows = [r for r in records if r["layer"] == layer and key in r]
+      ax.plot([r["step"] for r in rows], [r[key] for r in rows],
+              color=cmap(i / max(1, len(layers) - 1)), label=f"layer {layer}",
+              lw=1)
+    ax.set_xlabel("step")
+    ax.set_title(label, fontsize=10)
+  axes[0].legend(fontsize=7)
+  fig.suptitle(title)
+  fig.tight_layout()
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path

@@ -600,3 +600,210 @@ def default_search_config():
   c.seed = 0  # PRNG seed of the search (data sampling, augmentation).
   c.checkpoint_every_steps = 50  # search checkpoint period (and after each layer).
   return c
+
+
+# --------------------------------------------------------------------------
+# The whole search: pretrain, then layers 1..K, resumable.
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Checkpointer:
+  """Orbax checkpoints of the search state, saved from every process."""
+  directory: pathlib.Path
+  keep: int = 2
+
+  def __post_init__(self):
+    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+    self._ocp = ocp
+    self.manager = ocp.CheckpointManager(
+        self.directory.resolve(),
+        options=ocp.CheckpointManagerOptions(max_to_keep=self.keep,
+                                             create=True))
+
+  def latest(self) -> Optional[int]:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state: PyTree) -> None:
+    self.manager.save(step, args=self._ocp.args.StandardSave(state),
+                      force=True)
+    self.manager.wait_until_finished()
+
+  def restore(self, step: int, like: PyTree) -> PyTree:
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), like)
+    return self.manager.restore(
+        step, args=self._ocp.args.StandardRestore(abstract))
+
+
+def _search_state_template(num_layers: int, layer_state: LayerState):
+  return {"layer": np.zeros((), np.int32),
+          "probs": np.zeros((num_layers, layer_state.logits.shape[0]),
+                            np.float32),
+          "layer_state": jax.device_get(layer_state)}
+
+
+def _peak_memory_bytes() -> int:
+  """Peak device memory (accelerators) or peak RSS of this process (CPU)."""
+  try:
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+      return int(stats["peak_bytes_in_use"])
+  except Exception:  # pylint: disable=broad-except
+    pass
+  import resource  # pylint: disable=g-import-not-at-top
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class _MetricLog:
+  """JSON lines of per-step diagnostics (process 0 writes), truncated to the
+  checkpoint on resume so a resumed run's log has no duplicate steps."""
+
+  def __init__(self, path: pathlib.Path, writer=None):
+    self.path = path
+    self.writer = writer
+    self.enabled = jax.process_index() == 0
+
+  def truncate(self, keep: Callable[[dict], bool]) -> None:
+    if not self.enabled or not self.path.exists():
+      return
+    lines = [l for l in self.path.read_text().splitlines() if l.strip()]
+    kept = [l for l in lines if keep(json.loads(l))]
+    self.path.write_text("".join(l + "\n" for l in kept))
+
+  def write(self, record: dict, global_step: int) -> None:
+    if not self.enabled:
+      return
+    with self.path.open("a") as f:
+      f.write(json.dumps(record) + "\n")
+    if self.writer is not None:
+      scalars = {k: v for k, v in record.items()
+                 if isinstance(v, (int, float)) and k not in ("layer", "step")}
+      self.writer.write_scalars(global_step, scalars)
+
+
+def _log_resume_banner(what: str, workdir, detail: str) -> None:
+  bar = "=" * 72
+  logging.warning("\n%s\nRESUMING %s from %s\n%s\n%s", bar, what, workdir,
+                  detail, bar)
+
+
+def search_layers(key: Array, model: SearchModel, data: SearchData, config,
+                  workdir, *, writer=None) -> Dict[str, Any]:
+  """Layers 1..K with checkpoints every N steps and after each layer.
+
+  Resumes from the latest checkpoint in `workdir/search_checkpoints` (and
+  says so loudly). Layer k uses key fold_in(key, k) and step s of it
+  fold_in(fold_in(key, k), s): a resumed search equals an uninterrupted one
+  bit for bit.
+
+  Args:
+    key: the search key.
+    model, data: the frozen network and the pools.
+    config: the `config.search` section.
+    workdir: output folder.
+    writer: an optional CLU metric writer.
+
+  Returns:
+    dict with "probs" float32[K', T] (K' <= K layers found, fewer if the
+    Identity stop fired), "history" (per-step records), "costs" (per-layer
+    wall time, steps/s, peak memory), "stopped_early" (bool).
+  """
+  workdir = pathlib.Path(workdir)
+  space = space_lib.get_space(config.space)
+  num_layers = int(config.num_layers)
+  steps = int(config.steps_per_layer)
+  ckpt = _Checkpointer(workdir / "search_checkpoints")
+  log = _MetricLog(workdir / "search_metrics.jsonl", writer)
+  template = _search_state_template(num_layers,
+                                    init_layer_state(config, space))
+  start_layer, probs, layer_state = 0, np.zeros((num_layers, space.size),
+                                                np.float32), None
+  latest = ckpt.latest()
+  if latest is not None:
+    restored = ckpt.restore(latest, template)
+    start_layer = int(restored["layer"])
+    probs = np.asarray(restored["probs"], np.float32)
+    layer_state = jax.tree.map(jnp.asarray, restored["layer_state"])
+    done_steps = int(layer_state.step)
+    _log_resume_banner(
+        "the policy search", workdir,
+        f"checkpoint {latest}: layer {start_layer + 1}, step {done_steps} of "
+        f"{steps} ({start_layer} layer(s) finished)")
+    log.truncate(lambda r: (r["layer"] - 1, r["step"]) <= (start_layer,
+                                                           done_steps))
+    if done_steps >= steps:  # the checkpoint closed the layer
+      layer_state = None
+  else:
+    log.truncate(lambda r: False)
+  costs = []
+  cost_path = workdir / "search_costs.json"
+  if cost_path.exists() and latest is not None:
+    costs = [c for c in json.loads(cost_path.read_text())
+             if c["layer"] <= start_layer]
+  stopped_early = False
+  finished = start_layer
+  threshold = float(config.stop_identity_threshold)
+  for k in range(start_layer, num_layers):
+    if threshold > 0 and k > 0 and probs[k - 1, 0] >= threshold:
+      # Checked before each layer, so a resumed run stops where it stopped.
+      logging.warning("Layer %d converged to Identity (p = %.3f >= %.3f): "
+                      "stopping at depth %d.", k, probs[k - 1, 0], threshold,
+                      k)
+      stopped_early = True
+      break
+    layer_key = jax.random.fold_in(key, k)
+    earlier = probs[:k]
+    times = []
+
+    def on_step(step, state, diag, k=k, times=times):
+      times.append(time.perf_counter())
+      record = {"layer": k + 1, "step": step,
+                **{n: v for n, v in diag.items() if n != "top5"},
+                "top5": diag["top5"]}
+      log.write(record, k * steps + step)
+      if step % config.checkpoint_every_steps == 0 and step < steps:
+        ckpt.save(k * steps + step, {
+            "layer": np.asarray(k, np.int32), "probs": probs,
+            "layer_state": jax.device_get(state)})
+      return False
+
+    start = time.perf_counter()
+    first_step = int(layer_state.step) if layer_state is not None else 0
+    logits, _ = search_layer(layer_key, model, earlier, data, config,
+                             state=layer_state, num_steps=steps,
+                             callback=on_step)
+    wall = time.perf_counter() - start
+    layer_state = None
+    probs[k] = np.asarray(jax.nn.softmax(jnp.asarray(logits)))
+    run_steps = steps - first_step
+    steady = (times[-1] - times[0]) / max(1, len(times) - 1) if len(
+        times) > 1 else float("nan")
+    costs.append({"layer": k + 1, "wall_s": wall, "steps": run_steps,
+                  "steady_s_per_step": steady,
+                  "first_step_s": (times[0] - start) if times else None,
+                  "peak_memory_bytes": _peak_memory_bytes(),
+                  "device": str(jax.devices()[0])})
+    if jax.process_index() == 0:
+      cost_path.write_text(json.dumps(costs, indent=1))
+    # Close the layer: the next run starts at layer k + 2.
+    ckpt.save((k + 1) * steps, {
+        "layer": np.asarray(k + 1, np.int32), "probs": probs,
+        "layer_state": jax.device_get(init_layer_state(config, space))})
+    finished = k + 1
+    logging.info("Layer %d done in %.1f s: %s", k + 1, wall,
+                 policy_lib.Policy(probs[k:k + 1].astype(np.float64) /
+                                   probs[k:k + 1].sum(), space.name).summary(
+                                       5).splitlines()[1])
+    if threshold > 0 and probs[k, 0] >= threshold and k + 1 < num_layers:
+      logging.warning("Layer %d converged to Identity (p = %.3f >= %.3f): "
+                      "stopping at depth %d.", k + 1, probs[k, 0], threshold,
+                      k + 1)
+      stopped_early = True
+      break
+  records = []
+  if log.path.exists():
+    records = [json.loads(l) for l in log.path.read_text().splitlines()
+               if l.strip()]
+  return {"probs": probs[:finished], "history": records, "costs": costs,
+          "stopped_early": stopped_early}

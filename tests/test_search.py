@@ -242,3 +242,51 @@ def test_host_and_scan_loops_agree():
                                    np.zeros((0, 139)), data, config,
                                    num_steps=2, progress=False)
   np.testing.assert_allclose(out["host"], out["scan"], rtol=1e-5, atol=1e-6)
+
+
+class _FailingWriter:
+  """A metric writer that fails once at a given global step (a crash)."""
+
+  def __init__(self, fail_at):
+    self.fail_at = fail_at
+
+  def write_scalars(self, step, scalars):
+    del scalars
+    if step == self.fail_at:
+      raise KeyboardInterrupt(f"simulated crash at step {step}")
+
+
+def test_search_layers_resume_after_a_crash_is_bit_identical(tmp_path, caplog):
+  model, data = _model(), _data()
+  config = _config(num_layers=2, steps_per_layer=3, checkpoint_every_steps=2)
+  key = jax.random.key(7)
+  full = SE.search_layers(key, model, data, config, tmp_path / "full")
+  assert full["probs"].shape == (2, 139)
+  assert [r["step"] for r in full["history"]] == [1, 2, 3, 1, 2, 3]
+  crashed = tmp_path / "crashed"
+  with pytest.raises(KeyboardInterrupt):  # dies in layer 2, after step 2
+    SE.search_layers(key, model, data, config, crashed,
+                     writer=_FailingWriter(fail_at=3 + 3))
+  with caplog.at_level("WARNING"):
+    resumed = SE.search_layers(key, model, data, config, crashed)
+  assert any("RESUMING the policy search" in r.getMessage()
+             for r in caplog.records)
+  np.testing.assert_array_equal(resumed["probs"], full["probs"])
+  # The metric log has every step exactly once.
+  assert [(r["layer"], r["step"]) for r in resumed["history"]] == [
+      (r["layer"], r["step"]) for r in full["history"]]
+  # A finished search resumes to the same answer without work.
+  again = SE.search_layers(key, model, data, config, crashed)
+  np.testing.assert_array_equal(again["probs"], full["probs"])
+
+
+def test_search_stops_when_a_layer_converges_to_identity(tmp_path):
+  model, data = _model(), _data()
+  # Uniform init with a huge threshold never fires; identity init with a
+  # threshold below p(Identity) at init (0.956) fires after layer 1.
+  config = _config(num_layers=3, steps_per_layer=1,
+                   stop_identity_threshold=0.5)
+  out = SE.search_layers(jax.random.key(0), model, data, config, tmp_path)
+  assert out["stopped_early"] and out["probs"].shape == (1, 139)
+  again = SE.search_layers(jax.random.key(0), model, data, config, tmp_path)
+  assert again["stopped_early"] and again["probs"].shape == (1, 139)
