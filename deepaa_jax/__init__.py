@@ -8,6 +8,8 @@ Public API (see README.md for how the pieces fit):
     search spaces and their on-device application.
   * `Policy`, `apply_policy`, `baseline`, `load_official_npz`, `load_policy`,
     `save_policy`, `make_policy`: augmentation policies as values.
+  * `search_layer`, `make_search_model`, `make_search_data`: one layer of the
+    DeepAA search, as a notebook calls it (`search.run` is the whole search).
 """
 
 from deepaa_jax import ops
@@ -18,6 +20,9 @@ from deepaa_jax.policy import load_policy
 from deepaa_jax.policy import make_policy
 from deepaa_jax.policy import Policy
 from deepaa_jax.policy import save_policy
+from deepaa_jax.search import make_search_data
+from deepaa_jax.search import make_search_model
+from deepaa_jax.search import search_layer
 from deepaa_jax.space import apply_all
 from deepaa_jax.space import apply_chain
 from deepaa_jax.space import apply_chain_batch
@@ -38,6 +43,9 @@ __all__ = (
     "load_policy",
     "make_policy",
     "save_policy",
+    "make_search_data",
+    "make_search_model",
+    "search_layer",
     "SearchSpace",
     "apply_all",
     "apply_chain",

@@ -1,8 +1,11 @@
 """Command-line entry point: `python -m deepaa_jax.main --config=... --workdir=...`.
 
 Only parses flags and dispatches on `config.job`; all work is done by library
-functions that a notebook can call the same way.
+functions that a notebook can call the same way. Config mistakes (an unknown
+field in an override, an invalid value) end with one line on stderr.
 """
+
+import sys
 
 from absl import app
 from absl import flags
@@ -10,7 +13,11 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from deepaa_jax import config as config_lib
+from deepaa_jax import input_pipeline
+
 FLAGS = flags.FLAGS
+JOBS = ("search", "train", "demo")
 
 flags.DEFINE_string("workdir", None, "Directory for outputs and checkpoints.")
 config_flags.DEFINE_config_file(
@@ -18,19 +25,47 @@ config_flags.DEFINE_config_file(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def parse_flags(argv):
+  """absl flag parsing and config validation; errors as one line."""
+  try:
+    argv = FLAGS(argv)
+    job = FLAGS.config.get("job")
+    if job not in JOBS:
+      raise ValueError(f"config.job must be one of {JOBS}, got {job!r}")
+    if job == "train":
+      config_lib.validate(FLAGS.config)
+    elif job == "search":
+      from deepaa_jax import search  # pylint: disable=g-import-not-at-top
+      search.validate_search_config(FLAGS.config)
+    return argv
+  except (flags.Error, AttributeError, KeyError, OSError, TypeError,
+          ValueError) as e:
+    sys.stderr.write("FATAL Flags parsing error: "
+                     f"{config_lib.describe_override_error(e, argv)}\n")
+    sys.exit(1)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")
-  logging.info("JAX process %d / %d, devices: %s", jax.process_index(),
-               jax.process_count(), jax.devices())
+  if FLAGS.config.job in ("train", "search"):  # CLU imports TF: hide GPUs first.
+    input_pipeline._import_tf()  # pylint: disable=protected-access
+  jax.config.update("jax_threefry_partitionable", True)
+  logging.info("JAX %s, process %d / %d, devices: %s, "
+               "jax_threefry_partitionable=%s", jax.__version__,
+               jax.process_index(), jax.process_count(), jax.devices(),
+               jax.config.jax_threefry_partitionable)
   config = FLAGS.config
-  if config.job == "demo":
+  if config.job == "search":
+    from deepaa_jax import search  # pylint: disable=g-import-not-at-top
+    search.run(config, FLAGS.workdir)
+  elif config.job == "train":
+    from deepaa_jax import train  # pylint: disable=g-import-not-at-top
+    train.train_and_evaluate(config, FLAGS.workdir)
+  elif config.job == "demo":
     from deepaa_jax import demo  # pylint: disable=g-import-not-at-top
     demo.run_demo(config, FLAGS.workdir)
-  else:
-    raise app.UsageError(
-        f"config.job must be one of ('demo',), got {config.job!r}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

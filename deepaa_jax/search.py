@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from deepaa_jax import parallel
 from deepaa_jax import policy as policy_lib
 from deepaa_jax import reward as reward_lib
 from deepaa_jax import space as space_lib
@@ -279,6 +280,9 @@ class StepSettings:
   adam_b2: float
   adam_eps: float
   adam_style: str  # "keras" or "optax"
+  # Data parallel over the S search images on this mesh (axis
+  # `parallel.DATA`); None: one device, the plain step (`_full_step`).
+  mesh: Optional[jax.sharding.Mesh] = None
 
 
 class Augmented(NamedTuple):
@@ -292,8 +296,15 @@ class Augmented(NamedTuple):
   jvp_labels: Array  # int32[S, N_r]
 
 
+def _rows(keys: Array, first, count: int) -> Array:
+  """keys[first:first + count] (all of `keys` when they are the rows)."""
+  if isinstance(first, int) and first == 0 and count == keys.shape[0]:
+    return keys
+  return jax.lax.dynamic_slice_in_dim(keys, first, count)
+
+
 def _augment(settings: StepSettings, key: Array, batch: Batch,
-             earlier_probs: Array, probs: Array) -> Augmented:
+             earlier_probs: Array, probs: Array, *, first=0) -> Augmented:
   """Builds the step's augmented images on the device.
 
   Stage 1 (no earlier layers): the 139 transforms of each search image (one
@@ -301,9 +312,15 @@ def _augment(settings: StepSettings, key: Array, batch: Batch,
   p) and for the rewards. Stage k: M full-chain samples (layers 1..k, the
   current layer included) for g (weights 1/M), and E prefixes through layers
   1..k-1, each followed by all 139 transforms, for the rewards.
+
+  `batch` may hold only the search images first .. first + s - 1 of the
+  step's S = settings.num_images (one device's share): every random draw is
+  keyed by the global image (and sample) index, so a device's share equals
+  the same rows of the whole batch's result.
   """
   space = settings.space
-  s = settings.num_images
+  s = batch.images.shape[0]  # this call's images (S, or a device's share)
+  total = settings.num_images
   t = space.size
   h, w = batch.images.shape[1:3]
   val = batch.val_images.astype(jnp.float32)
@@ -311,7 +328,8 @@ def _augment(settings: StepSettings, key: Array, batch: Batch,
   images = batch.images.astype(jnp.float32)
   if earlier_probs.shape[0] == 0:
     dense = jax.vmap(lambda k, x: space_lib.apply_all(k, x, space))(
-        jax.random.split(k_dense, s), images)  # [S, T, H, W, 3]
+        _rows(jax.random.split(k_dense, total), first, s),
+        images)  # [S, T, H, W, 3]
     labels = jnp.repeat(batch.labels[:, None], t, axis=1)
     weights = jnp.broadcast_to(probs[None, :], (s, t))
     return Augmented(val, batch.val_labels, dense, labels, weights, dense,
@@ -320,21 +338,23 @@ def _augment(settings: StepSettings, key: Array, batch: Batch,
   # g: M samples of the full chain (layers 1..k), weights 1/M.
   all_probs = jnp.concatenate([earlier_probs, probs[None]], axis=0)
   k_idx, k_apply = jax.random.split(k_g)
-  idx = policy_lib.sample_indices(k_idx, all_probs, s * m)
+  idx = policy_lib.sample_indices(k_idx, all_probs, s * m, offset=first * m)
   chains = space_lib.apply_chain_batch(
       k_apply, jnp.repeat(images, m, axis=0), idx, space,
-      method=settings.augment_method)
+      method=settings.augment_method, offset=first * m)
   g_images = chains.reshape(s, m, h, w, 3)
   g_labels = jnp.repeat(batch.labels[:, None], m, axis=1)
   g_weights = jnp.full((s, m), 1.0 / m, jnp.float32)
   # G: E prefix samples through layers 1..k-1, then all T transforms.
   k_idx, k_apply, k_all = jax.random.split(k_prefix, 3)
-  idx = policy_lib.sample_indices(k_idx, earlier_probs, s * e)
+  idx = policy_lib.sample_indices(k_idx, earlier_probs, s * e,
+                                  offset=first * e)
   prefixes = space_lib.apply_chain_batch(
       k_apply, jnp.repeat(images, e, axis=0), idx, space,
-      method=settings.augment_method)
+      method=settings.augment_method, offset=first * e)
   dense = jax.vmap(lambda k, x: space_lib.apply_all(k, x, space))(
-      jax.random.split(k_all, s * e), prefixes)  # [S*E, T, H, W, 3]
+      _rows(jax.random.split(k_all, total * e), first * e, s * e),
+      prefixes)  # [S*E, T, H, W, 3]
   r_images = dense.reshape(s, e * t, h, w, 3)
   r_labels = jnp.repeat(batch.labels[:, None], e * t, axis=1)
   return Augmented(val, batch.val_labels, g_images, g_labels, g_weights,
@@ -365,14 +385,37 @@ def _gradients(settings: StepSettings, model: SearchModel, aug: Augmented,
   return v_grad, g_grad
 
 
-def _finish(settings: StepSettings, model: SearchModel, state: LayerState,
-            aug: Augmented, v_grad: PyTree, g_grad: PyTree, stage1: bool):
-  """Rewards (JVP), aggregation, the Adam step, and diagnostics."""
-  t = settings.space.size
-  rewards, cos, g_norm, v_norm = reward_lib.rewards_from_gradients(
+def _rewards(settings: StepSettings, model: SearchModel, aug: Augmented,
+             v_grad: PyTree, g_grad: PyTree):
+  """(rewards float32[S, N_r], cos, |g|, |v| float32[S]) by JVP."""
+  return reward_lib.rewards_from_gradients(
       model.loss, model.w, model.frozen, v_grad, g_grad, aug.jvp_images,
       aug.jvp_labels, chunk_size=settings.chunk_size,
       normalization=settings.normalization)
+
+
+def _finish(settings: StepSettings, model: SearchModel, state: LayerState,
+            aug: Augmented, v_grad: PyTree, g_grad: PyTree, stage1: bool):
+  """Rewards (JVP), aggregation, the Adam step, and diagnostics."""
+  return _update(settings, state, *_rewards(settings, model, aug, v_grad,
+                                            g_grad), stage1)
+
+
+def _update(settings: StepSettings, state: LayerState, rewards: Array,
+            cos: Array, g_norm: Array, v_norm: Array, stage1: bool):
+  """Aggregation over the S search images, the Adam step, diagnostics.
+
+  Args:
+    settings: static settings.
+    state: the layer state.
+    rewards: float32[S, N_r] per-image rewards (N_r = E * T, or T).
+    cos, g_norm, v_norm: float32[S].
+    stage1: the stage-1 aggregate and loss scale.
+
+  Returns:
+    (new state, diagnostics: dict of float32 scalars and bool "finite").
+  """
+  t = settings.space.size
   s = rewards.shape[0]
   per_image = rewards.reshape(s, -1, t).mean(axis=1)  # mean over prefixes
   if stage1:
@@ -405,9 +448,58 @@ def _finish(settings: StepSettings, model: SearchModel, state: LayerState,
   return new_state, diagnostics
 
 
+def _sharded_step(settings: StepSettings, model: SearchModel,
+                  data: SearchData, state: LayerState, key: Array,
+                  earlier_probs: Array, stage1: bool):
+  """`_full_step` data parallel over the S search images.
+
+  The batch is sampled from the (replicated) pools exactly as `_prepare`
+  does; each device of `settings.mesh` then augments its S / n search images
+  (keys from the global image index: `_augment(first=...)`), computes their
+  v, g and JVP rewards (`jax.shard_map`; the chunk loops run in-graph), and
+  the per-image rewards [S, T] (mean over prefixes) and norms are gathered
+  to every device
+  before the mean - c * std aggregate and the (replicated) Adam step. The
+  result equals `_full_step` up to floating-point reduction order.
+  """
+  mesh = settings.mesh
+  per_device = settings.num_images // mesh.size
+  k_batch, k_aug = jax.random.split(key)
+  batch = sample_batch(k_batch, data, num_images=settings.num_images,
+                       val_batch=settings.val_batch,
+                       class_conditional=settings.class_conditional)
+  probs = jax.nn.softmax(state.logits)
+
+  def local(model, batch, k_aug, earlier_probs, probs):
+    first = jax.lax.axis_index(parallel.DATA) * per_device
+    aug = _augment(settings, k_aug, batch, earlier_probs, probs, first=first)
+    v_grad, g_grad = _gradients(settings, model, aug, "scan")
+    rewards, cos, g_norm, v_norm = _rewards(settings, model, aug, v_grad,
+                                            g_grad)
+    # Mean over the E prefixes here, so only [S, T] rewards are gathered.
+    rewards = rewards.reshape(per_device, -1, settings.space.size).mean(1)
+    return rewards, cos, g_norm, v_norm
+
+  spec = jax.sharding.PartitionSpec
+  per_image = jax.shard_map(
+      local, mesh=mesh, in_specs=(spec(), spec(parallel.DATA), spec(), spec(),
+                                  spec()),
+      out_specs=spec(parallel.DATA),
+      # Scan carries start replicated and become per-device; no check.
+      check_vma=False)(model, batch, k_aug, earlier_probs, probs)
+  # Gather: every device aggregates all S images, in the one-device order.
+  per_image = jax.lax.with_sharding_constraint(per_image,
+                                               parallel.replicated(mesh))
+  out = _update(settings, state, *per_image, stage1)
+  return jax.lax.with_sharding_constraint(out, parallel.replicated(mesh))
+
+
 def _full_step(settings: StepSettings, model: SearchModel, data: SearchData,
                state: LayerState, key: Array, earlier_probs: Array,
                stage1: bool):
+  if settings.mesh is not None:
+    return _sharded_step(settings, model, data, state, key, earlier_probs,
+                         stage1)
   aug = _prepare(settings, data, key, earlier_probs, state.logits)
   v_grad, g_grad = _gradients(settings, model, aug, "scan")
   return _finish(settings, model, state, aug, v_grad, g_grad, stage1)
@@ -426,7 +518,10 @@ def layer_step(settings: StepSettings, model: SearchModel, data: SearchData,
   """One policy-gradient step of the current layer.
 
   Args:
-    settings: static settings (`step_settings(config.search, space)`).
+    settings: static settings (`step_settings(config.search, space)`). With
+      `settings.mesh`, the step is data parallel over its devices (one
+      compiled step whatever `settings.loop`; see `_sharded_step`) and the
+      inputs are replicated over the mesh here (a no-op once they are).
     model: the frozen search network.
     data: the device-resident pools.
     state: the layer's state (donated: do not reuse it).
@@ -437,6 +532,11 @@ def layer_step(settings: StepSettings, model: SearchModel, data: SearchData,
     (new state, diagnostics: dict of scalars).
   """
   stage1 = earlier_probs.shape[0] == 0
+  if settings.mesh is not None:
+    model, data, state, key, earlier_probs = parallel.replicate(
+        (model, data, state, key, earlier_probs), settings.mesh)
+    return _full_step_jit(settings, model, data, state, key, earlier_probs,
+                          stage1)
   if settings.loop == "scan":
     return _full_step_jit(settings, model, data, state, key, earlier_probs,
                           stage1)
@@ -448,8 +548,23 @@ def layer_step(settings: StepSettings, model: SearchModel, data: SearchData,
   return _finish_jit(settings, model, state, aug, v_grad, g_grad, stage1)
 
 
-def step_settings(config, space: space_lib.SearchSpace) -> StepSettings:
-  """`StepSettings` from a `config.search` section (validated)."""
+def step_settings(config, space: space_lib.SearchSpace, *,
+                  mesh: Optional[jax.sharding.Mesh] = None) -> StepSettings:
+  """`StepSettings` from a `config.search` section (validated).
+
+  Args:
+    config: the `config.search` section.
+    space: the search space.
+    mesh: data parallel over this mesh (`parallel.make_mesh`); None: one
+      device. `config.num_images` must be divisible by its size.
+
+  Raises:
+    ValueError: naming `config.search.num_images` if it does not split over
+      the mesh.
+  """
+  if mesh is not None:
+    parallel.check_divisible(config.num_images, "search.num_images",
+                             num_devices=mesh.size)
   loop = config.loop
   if loop == "auto":
     loop = "host" if jax.default_backend() == "cpu" else "scan"
@@ -466,7 +581,7 @@ def step_settings(config, space: space_lib.SearchSpace) -> StepSettings:
       chunk_size=config.chunk_size, loop=loop,
       augment_method=config.augment_method, policy_lr=config.policy_lr,
       adam_b1=config.adam_b1, adam_b2=config.adam_b2,
-      adam_eps=config.adam_eps, adam_style=config.adam_style)
+      adam_eps=config.adam_eps, adam_style=config.adam_style, mesh=mesh)
 
 
 # --------------------------------------------------------------------------
@@ -488,7 +603,8 @@ def search_layer(key: Array, model: SearchModel, earlier_layers, data:
                  SearchData, config, *, state: Optional[LayerState] = None,
                  num_steps: Optional[int] = None,
                  callback: Optional[Callable] = None,
-                 progress: bool = True):
+                 progress: bool = True,
+                 mesh: Optional[jax.sharding.Mesh] = None):
   """Trains one policy layer on top of `earlier_layers`.
 
   Args:
@@ -504,18 +620,31 @@ def search_layer(key: Array, model: SearchModel, earlier_layers, data:
     callback: called as callback(step, state, diagnostics) after each step
       (checkpointing, logging); may return True to stop early.
     progress: show a progress bar (tqdm) with ETA.
+    mesh: run each step data parallel over this mesh (the S search images
+      split over its devices, `parallel.make_mesh`). Default: all devices of
+      all processes when there are several and `config.data_parallel`
+      (default True), else one device. The result does not depend on the
+      device count beyond floating-point reduction order.
 
   Returns:
     (logits float32[T], history: dict of float lists, one entry per step,
      plus "top5": per-step list of (index, probability) pairs).
+
+  Raises:
+    ValueError: `config.num_images` not divisible by the mesh's devices.
   """
   space = space_lib.get_space(config.space)
   if isinstance(earlier_layers, policy_lib.Policy):
     earlier_layers = earlier_layers.probs
   earlier = jnp.asarray(np.asarray(earlier_layers, np.float32).reshape(
       -1, space.size))
-  settings = step_settings(config, space)
+  if mesh is None and config.get("data_parallel", True) and (
+      jax.device_count() > 1):
+    mesh = parallel.make_mesh()
+  settings = step_settings(config, space, mesh=mesh)
   state = state if state is not None else init_layer_state(config, space)
+  if mesh is not None:  # once, not every step: the pools are large
+    model, data, earlier = parallel.replicate((model, data, earlier), mesh)
   total = int(num_steps if num_steps is not None else config.steps_per_layer)
   history: Dict[str, List[Any]] = {}
   bar = None
@@ -598,6 +727,8 @@ def default_search_config():
   c.augment_method = "auto"  # apply_chain_batch method: auto/sequential/vectorized.
   c.stop_identity_threshold = 0.0  # stop adding layers once p(Identity) >= this (0 = off).
   c.seed = 0  # PRNG seed of the search (data sampling, augmentation).
+  c.data_parallel = True  # split the num_images over all devices (if > 1); same policy as 1 device.
+  c.data_split = "official"  # pools: spec §2.2 ranges of the 50k train set, or "small" (same shares).
   c.checkpoint_every_steps = 50  # search checkpoint period (and after each layer).
   return c
 
@@ -794,7 +925,8 @@ def search_layers(key: Array, model: SearchModel, data: SearchData, config,
     logging.info("Layer %d done in %.1f s: %s", k + 1, wall,
                  policy_lib.Policy(probs[k:k + 1].astype(np.float64) /
                                    probs[k:k + 1].sum(), space.name).summary(
-                                       5).splitlines()[1])
+                                       5).splitlines()[1].replace(
+                                           "layer 1", f"layer {k + 1}", 1))
     if threshold > 0 and probs[k, 0] >= threshold and k + 1 < num_layers:
       logging.warning("Layer %d converged to Identity (p = %.3f >= %.3f): "
                       "stopping at depth %d.", k + 1, probs[k, 0], threshold,
@@ -807,3 +939,243 @@ def search_layers(key: Array, model: SearchModel, data: SearchData, config,
                if l.strip()]
   return {"probs": probs[:finished], "history": records, "costs": costs,
           "stopped_early": stopped_early}
+
+
+def load_search_pools(config):
+  """The search and validation pools from `config.input` and the split rule.
+
+  `config.search.data_split`: "official" (spec §2.2: pretrain =
+  train[0:5000], search pool = train[5000:40000], validation pool =
+  train[40000:50000], all in the original CIFAR order) or "small" (the same
+  proportions of whatever train split is loaded, for tests and tiny data).
+
+  Returns:
+    (dataset, {"pretrain", "search", "val"} splits).
+  """
+  from deepaa_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  dataset = input_pipeline.load_dataset(config.input)
+  train = dataset.splits.get("train_full", dataset.splits["train"])
+  split_rule = config.search.data_split
+  splits = input_pipeline.official_search_splits(
+      train, allow_small=split_rule == "small")
+  return dataset, splits
+
+
+def search_data_from_splits(splits, num_classes: int) -> SearchData:
+  return make_search_data(splits["search"].images, splits["search"].labels,
+                          splits["val"].images, splits["val"].labels,
+                          num_classes)
+
+
+def write_outputs(workdir, result: Mapping[str, Any], config) -> Dict[str, str]:
+  """Writes the found policy (JSON + the official npz), plots and the cost
+  report; returns the paths written (process 0 only)."""
+  from deepaa_jax import plots  # pylint: disable=g-import-not-at-top
+  workdir = pathlib.Path(workdir)
+  probs = np.asarray(result["probs"], np.float64)
+  probs = probs / probs.sum(axis=1, keepdims=True)
+  meta = policy_lib.provenance(
+      source="deepaa-jax search", seed=int(config.search.seed),
+      config=json.loads(config.to_json()) if hasattr(config, "to_json") else
+      None, stopped_early=bool(result["stopped_early"]),
+      costs=result["costs"])
+  policy = policy_lib.Policy(probs, config.search.space, "deepaa_jax_search",
+                             meta)
+  paths = {}
+  if jax.process_index() != 0:
+    return paths
+  paths["policy_json"] = str(policy_lib.save_policy(workdir / "policy.json",
+                                                    policy))
+  paths["policy_npz"] = str(policy_lib.save_official_npz(
+      workdir / "policy.npz", policy))
+  paths["op_mass_png"] = str(plots.policy_op_mass(
+      workdir / "policy_op_mass.png", policy))
+  paths["magnitudes_png"] = str(plots.policy_magnitudes(
+      workdir / "policy_magnitudes.png", policy))
+  if result["history"]:
+    paths["history_png"] = str(plots.search_history(
+        workdir / "search_history.png", result["history"]))
+  report = {"layers": result["costs"],
+            "total_wall_s": float(sum(c["wall_s"] for c in result["costs"])),
+            "peak_memory_bytes": max([c["peak_memory_bytes"]
+                                      for c in result["costs"]] or [0]),
+            "stopped_early": bool(result["stopped_early"]),
+            "num_layers": int(probs.shape[0])}
+  (workdir / "cost_report.json").write_text(json.dumps(report, indent=1))
+  paths["cost_report"] = str(workdir / "cost_report.json")
+  summary = policy.summary(5)
+  (workdir / "policy_summary.txt").write_text(summary + "\n\n" +
+                                             policy.op_mass_markdown() + "\n")
+  print(summary)
+  print(f"Search cost: {report['total_wall_s']:.0f} s over "
+        f"{report['num_layers']} layer(s) on {jax.devices()[0]}; peak memory "
+        f"{report['peak_memory_bytes'] / 2**20:.0f} MiB")
+  return paths
+
+
+def _train_job_config(section, input_config, seed_offset: int = 0):
+  """A `job="train"` config from a search config's pretrain/evaluate section
+  (which carries no `input`: the search config's `input` governs all)."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  cfg = ml_collections.ConfigDict(section.to_dict())
+  cfg.job = "train"
+  cfg.input = ml_collections.ConfigDict(input_config.to_dict())
+  if "enabled" in cfg:
+    del cfg["enabled"]
+  cfg.train.seed = int(cfg.train.seed) + seed_offset
+  return cfg
+
+
+def pretrain(config, workdir, *, dataset=None):
+  """The search network: trained by `train.train` (resumable) or restored.
+
+  `config.pretrain_checkpoint` names an existing pretraining workdir to
+  reuse (its checkpoint is restored and its config must match); otherwise
+  the network is trained into `workdir/pretrain` with the official recipe
+  (`config.pretrain`: 45 epochs on train[0:5000], crop + flip + cutout,
+  Nesterov SGD, cosine 0.1 -> 1e-7, clip 5, Keras L2 5e-4; spec §2.3).
+
+  Returns:
+    (flax module, params, batch_stats, pretraining metrics).
+  """
+  from deepaa_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  cfg = _train_job_config(config.pretrain, config.input)
+  target = pathlib.Path(config.pretrain_checkpoint or
+                        pathlib.Path(workdir) / "pretrain")
+  if config.pretrain_checkpoint:
+    logging.info("Using the pretrained search network in %s", target)
+  state, metrics = train_lib.train(cfg, target, dataset=dataset)
+  num_classes = int(cfg.model.num_classes) or (
+      dataset.num_classes if dataset is not None else 10)
+  model = train_lib.build_model(cfg.model, num_classes=num_classes)
+  return model, state.params, state.batch_stats, metrics
+
+
+def run(config, workdir) -> Dict[str, Any]:
+  """Pretrain -> search layers 1..K -> write the policy -> (evaluate).
+
+  The CLI entry (`job="search"`); resumable at every stage from `workdir`.
+
+  Returns:
+    dict with "policy_path", "probs", "costs", "pretrain" metrics and (if
+    `config.evaluate.enabled`) "evaluate" metrics.
+  """
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  from deepaa_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  validate_search_config(config)
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  dataset, splits = load_search_pools(config)
+  model, params, batch_stats, pre_metrics = pretrain(config, workdir,
+                                                     dataset=dataset)
+  mean, std = input_pipeline.normalization_constants(
+      dataset.name, phase="search", default=(dataset.mean, dataset.std))
+  search_model = make_search_model(model, params, batch_stats, mean=mean,
+                                   std=std)
+  data = search_data_from_splits(splits, dataset.num_classes)
+  writer = metric_writers.create_default_writer(
+      workdir / "search_tb", just_logging=jax.process_index() > 0)
+  result = search_layers(jax.random.key(config.search.seed), search_model,
+                         data, config.search, workdir, writer=writer)
+  writer.flush()
+  paths = write_outputs(workdir, result, config)
+  out = {"policy_path": paths.get("policy_json",
+                                  str(workdir / "policy.json")),
+         "probs": result["probs"], "costs": result["costs"],
+         "pretrain": pre_metrics, "paths": paths}
+  if config.evaluate.enabled:
+    from deepaa_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+    cfg = _train_job_config(config.evaluate, config.input)
+    cfg.policy.kind = "file"
+    cfg.policy.path = out["policy_path"]
+    cfg.policy.space = config.search.space
+    out["evaluate"] = train_lib.train_and_evaluate(cfg, workdir / "evaluate")
+  if jax.process_index() == 0:
+    summary = {k: v for k, v in out.items() if k != "probs"}
+    (workdir / "results.json").write_text(json.dumps(
+        summary, indent=1, default=lambda o: str(o)))
+  return out
+
+
+def default_pretrain_config():
+  """`config.pretrain`: the official search-network pretraining (spec §2.3).
+
+  `config.search_pretraining_config()` without its `input` section (the
+  search config's `input` governs every stage): WRN-40-2 (Keras variant) on
+  train[0:5000] (the paper says 4,000 random images), 45 epochs of batch 128,
+  crop + flip + cutout, Nesterov SGD with cosine 0.1 -> 1e-7 and no warm-up,
+  global-norm clipping 5 of the gradient of loss + L2 (Keras), weight decay
+  5e-4 on conv kernels, conv biases and the dense kernel.
+  """
+  from deepaa_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  c = config_lib.search_pretraining_config()
+  del c["input"]
+  c.policy.path = ""  # kind "standard_cutout" needs no file.
+  return c
+
+
+def default_evaluate_config():
+  """`config.evaluate`: train an evaluation model with the found policy.
+
+  Defaults to the paper's CIFAR evaluation (WRN-28-10, 200 epochs, spec
+  §4.4), disabled (`enabled=False`) because it is a long job of its own.
+  """
+  from deepaa_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  c = config_lib.base_config()
+  del c["input"]
+  c.enabled = False  # train an evaluation model after the search.
+  c.policy.kind = "file"  # set to the found policy by `run`.
+  c.policy.path = ""
+  return c
+
+
+def validate_search_config(config) -> None:
+  """Semantic checks of a `job="search"` config: ValueError naming the field."""
+
+  def check(ok, field, requirement, value):
+    if not ok:
+      raise ValueError(f"config.{field} {requirement}, got {value!r}")
+
+  s = config.search
+  check(s.space in ("cifar", "imagenet"), "search.space",
+        "must be 'cifar' or 'imagenet'", s.space)
+  for field in ("num_layers", "steps_per_layer", "num_images", "val_batch",
+                "g_prefixes", "chunk_size", "checkpoint_every_steps"):
+    check(int(s[field]) >= 1, f"search.{field}", "must be >= 1", s[field])
+  check(s.gt_samples >= 0 and s.gt_samples_factor >= 1, "search.gt_samples",
+        "must be >= 0 (0: gt_samples_factor * |T|)", s.gt_samples)
+  check(s.normalization in reward_lib.NORMALIZATIONS, "search.normalization",
+        f"must be one of {reward_lib.NORMALIZATIONS}", s.normalization)
+  check(s.loop in reward_lib.LOOPS + ("auto",), "search.loop",
+        f"must be one of {reward_lib.LOOPS + ('auto',)}", s.loop)
+  check(s.init in ("identity", "uniform"), "search.init",
+        "must be 'identity' or 'uniform'", s.init)
+  check(s.adam_style in ("keras", "optax"), "search.adam_style",
+        "must be 'keras' or 'optax'", s.adam_style)
+  check(s.augment_method in ("auto", "sequential", "vectorized"),
+        "search.augment_method", "must be auto, sequential or vectorized",
+        s.augment_method)
+  check(0.0 <= s.stop_identity_threshold <= 1.0,
+        "search.stop_identity_threshold", "must be in [0, 1]",
+        s.stop_identity_threshold)
+  check(s.policy_lr > 0, "search.policy_lr", "must be > 0", s.policy_lr)
+  check(s.std_coef >= 0 and s.stage1_std_coef >= 0, "search.std_coef",
+        "must be >= 0", s.std_coef)
+  check(s.data_split in ("official", "small"), "search.data_split",
+        "must be 'official' or 'small'", s.data_split)
+  if s.get("data_parallel", True) and jax.device_count() > 1:
+    parallel.check_divisible(s.num_images, "search.num_images")
+  from deepaa_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  for section in ("pretrain", "evaluate"):
+    if section == "evaluate" and not config.evaluate.enabled:
+      continue
+    cfg = _train_job_config(config[section], config.input)
+    if section == "evaluate":  # the policy file is the search's output
+      cfg.policy.kind, cfg.policy.path = "none", ""
+    try:
+      config_lib.validate(cfg)
+    except ValueError as e:  # name the field where the user sets it
+      message = str(e).replace("config.input.", "config.@input.")
+      message = message.replace("config.", f"config.{section}.")
+      raise ValueError(message.replace(f"config.{section}.@input.",
+                                       "config.input.")) from None

@@ -1,0 +1,432 @@
+"""Config building blocks for training runs, and their validation.
+
+Config files (`configs/*.py`) assemble a run from these sections and override
+what differs (big_vision / flax examples style):
+
+  config.job     "train"
+  config.model   `model_config()`   which network
+  config.policy  `policy_config()`  which augmentation policy
+  config.train   `train_config()`   optimisation, schedule, BA, bookkeeping
+  config.input   `input_pipeline.default_input_config()`  which data
+
+Every field has a one-line comment giving the official DeepAA value where one
+exists (spec = `shared/reference/official_deepaa_spec.md`; §4.4 for the
+evaluation recipe, §4.5 for Batch Augmentation, §2.3 for the search-model
+pretraining).
+
+`validate(config)` runs the semantic checks (the lock on the ConfigDict already
+rejects unknown field names) and raises `ValueError` whose message names the
+field and the allowed values, before anything is compiled.
+`total_steps(config.train, steps_per_epoch)` is the one place that turns
+`num_epochs` / `num_steps` into a step count (big_vision `utils.steps`).
+"""
+
+import os
+import pathlib
+import re
+from typing import Any, Optional, Sequence
+
+import ml_collections
+
+SCHEDULES = ("cosine", "step")
+DECAY_MASKS = ("non_bn", "keras")
+TRAIN_SPLITS = ("train", "pretrain", "pretrain_small")
+AUGMENT_METHODS = ("auto", "sequential", "vectorized")
+NORMALIZATIONS = ("eval", "search")
+POLICY_SPACES = ("cifar", "imagenet")
+INPUT_SOURCES = ("npz", "tfds")
+# WideResNets of any depth 6n+4 and width k, beyond the registered names:
+# "wrn_16_4" is WRN-16-4 (PyTorch eval flavour), "wrn_16_4_search" the Keras.
+_WRN_PATTERN = re.compile(r"^wrn_(\d+)_(\d+)(_search)?$")
+
+_REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+_OFFICIAL_POLICY_DIR = os.path.join("..", "shared", "official_policies")
+
+
+# ---------------------------------------------------------------------------
+# Paths.
+# ---------------------------------------------------------------------------
+
+
+def official_policy_path(name: str) -> str:
+  """Absolute path of an official policy file, `policy_DeepAA_<name>.npz`.
+
+  Looked up in `../shared/official_policies` relative to the current directory
+  (commands run from the repository root), then relative to the repository
+  root. If neither exists the current-directory path is returned, so that
+  `validate` names it in its error.
+
+  Args:
+    name: "cifar_1", "cifar_2", "imagenet_1" or "imagenet_2".
+
+  Returns:
+    An absolute path string (the file may not exist).
+  """
+  relative = os.path.join(_OFFICIAL_POLICY_DIR, f"policy_DeepAA_{name}.npz")
+  candidates = [pathlib.Path.cwd() / relative, _REPO_ROOT / relative]
+  for candidate in candidates:
+    if candidate.is_file():
+      return str(candidate.resolve())
+  return str(candidates[0].resolve())
+
+
+# ---------------------------------------------------------------------------
+# Sections.
+# ---------------------------------------------------------------------------
+
+
+def model_config() -> ml_collections.ConfigDict:
+  """The `config.model` section: the network (paper CIFAR default: WRN-28-10)."""
+  c = ml_collections.ConfigDict()
+  c.name = "wrn_28_10"  # models.MODEL_NAMES, or "wrn_<depth>_<k>[_search]" for any WRN.
+  c.num_classes = 0  # logits; 0 = the dataset's number of classes.
+  return c
+
+
+def policy_config() -> ml_collections.ConfigDict:
+  """The `config.policy` section: the augmentation policy (see `policy.py`)."""
+  c = ml_collections.ConfigDict()
+  c.kind = "official"  # none|standard|standard_cutout|trivialaugment|deepta|official|file.
+  c.path = official_policy_path("cifar_1")  # npz (official) or JSON (file) policy; other kinds ignore it.
+  c.num_layers = 6  # K for kind="deepta" (paper §4.4: 6 uniform layers).
+  c.space = "cifar"  # transform set the policy is over: "cifar" or "imagenet".
+  return c
+
+
+def train_config() -> ml_collections.ConfigDict:
+  """The `config.train` section, defaulting to the CIFAR WRN-28-10 recipe.
+
+  Official values (spec §4.4): batch 128, 200 epochs, lr 0.1 with a 5-epoch
+  linear warm-up from 0 then cosine to 0 (per-iteration fractional epochs),
+  SGD Nesterov 0.9, weight decay 5e-4 on every non-BN parameter, gradient
+  norm clipped at 5, the policy applied with the eval code's random sign flip.
+  """
+  c = ml_collections.ConfigDict()
+  # Duration: exactly one of the two is > 0 (`total_steps` converts).
+  c.num_epochs = 200.0  # epochs of `train_split`, may be fractional (official CIFAR: 200).
+  c.num_steps = 0  # alternatively a number of steps; 0 = use num_epochs.
+  c.batch_size = 128  # images drawn per step, before BA copies (official: 128).
+  # Learning rate (spec §4.4: GradualWarmupScheduler + after-scheduler).
+  c.learning_rate = 0.1  # peak lr, reached at the end of warm-up (CIFAR 0.1).
+  c.schedule = "cosine"  # after warm-up: "cosine" (CIFAR) or "step" (ImageNet).
+  c.warmup_epochs = 5.0  # linear warm-up length (official: 5; search pretraining: 0).
+  c.warmup_init_lr = 0.0  # lr at step 0 (CIFAR 0; ImageNet 0.1, i.e. multiplier 8 to 0.8).
+  c.min_lr = 0.0  # cosine floor at the last step (eval: 0; search pretraining: 1e-7).
+  c.step_milestones = (90, 180, 240)  # "step": epochs AFTER warm-up (official: 95/185/245 absolute).
+  c.step_factor = 0.1  # "step": lr multiplier at each milestone.
+  # Optimiser: clip -> weight decay -> SGD (order per clip_includes_weight_decay).
+  c.momentum = 0.9  # SGD momentum (official: 0.9).
+  c.nesterov = True  # Nesterov momentum (official: True).
+  c.weight_decay = 5e-4  # wd * w added to the gradient (CIFAR 5e-4, ImageNet 1e-4; Keras L2 2.5e-4 = 5e-4).
+  c.decay_mask = "non_bn"  # "non_bn": all but BN (PyTorch eval); "keras": conv w/b + dense kernel (search L2).
+  c.grad_clip_norm = 5.0  # global-norm clipping threshold; 0 disables (ImageNet: 0).
+  c.clip_includes_weight_decay = False  # False: clip raw grads then add wd (PyTorch); True: clip grad of loss+L2 (Keras).
+  # Augmentation.
+  c.ba_copies = 1  # M, Batch Augmentation: each image augmented M times per step (official BA: 8).
+  c.ba_per_copy_bn = True  # BA: BN batch statistics per copy of B images, as on each official GPU.
+  c.random_sign = True  # eval code's 50% sign flip of shear/translate/rotate (spec §4.2).
+  c.augment_method = "auto"  # apply_chain_batch: auto|sequential|vectorized (auto: sequential on CPU).
+  c.bf16 = False  # compute in bfloat16 (params, loss and optimiser stay float32).
+  c.normalization = "eval"  # mean/std: "eval" (0.4914, ...; spec §4.3) or "search" (0.49139968, ...; §1.3).
+  # Data and bookkeeping.
+  c.train_split = "train"  # "train"; "pretrain": train[0:5000] (spec §2.2); "pretrain_small": same share of toy data.
+  c.eval_every_epochs = 20  # test-set evaluation period in epochs (official: 20); 0 = only at the end.
+  c.eval_batch_size = 1000  # test batch size (the last batch is padded, never dropped).
+  c.checkpoint_every_steps = 1000  # orbax checkpoint period (also at the end); 0 = only at the end.
+  c.keep_checkpoints = 2  # orbax max_to_keep.
+  c.log_every_steps = 100  # training-metric logging period (metrics.jsonl, CLU writer).
+  c.seed = 0  # PRNG seed: init, data order (seed, epoch) and augmentation keys.
+  return c
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """A complete `job="train"` config with all sections at their defaults."""
+  from deepaa_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  config = ml_collections.ConfigDict()
+  config.job = "train"  # main.py dispatch.
+  config.model = model_config()
+  config.policy = policy_config()
+  config.train = train_config()
+  config.input = input_pipeline.default_input_config()
+  return config
+
+
+def search_pretraining_config() -> ml_collections.ConfigDict:
+  """The official search-model pretraining (spec §2.3) as a train config.
+
+  WRN-40-2 (Keras flavour) on the first 5,000 CIFAR-10 training images
+  (spec §2.2), batch 128 with drop_last (39 steps per epoch), 45 epochs
+  (1,755 steps), crop -> flip -> Cutout-16, SGD Nesterov 0.9, cosine 0.1 ->
+  1e-7 with no warm-up, Keras L2 2.5e-4 (wd 5e-4) on conv kernels/biases and
+  the dense kernel, global-norm clipping at 5 of the gradient INCLUDING the
+  L2 term, search-time normalisation constants. `train.train(config,
+  workdir)` returns the state whose params/batch_stats the search uses.
+  """
+  config = base_config()
+  config.model.name = "wrn_40_2_search"  # Keras WRN-40-2 (spec §2.3).
+  config.policy.kind = "standard_cutout"  # "augmentation_default": crop, flip, cutout 16.
+  config.train.train_split = "pretrain"  # train[0:5000] in the original order.
+  config.train.num_epochs = 45.0  # nb_epochs 45 (README).
+  config.train.batch_size = 128  # 39 steps per epoch.
+  config.train.learning_rate = 0.1  # pretrain_lr 0.1.
+  config.train.schedule = "cosine"  # lr_scheduler.py:42-49.
+  config.train.warmup_epochs = 0.0  # no warm-up.
+  config.train.min_lr = 1e-7  # cosine floor.
+  config.train.weight_decay = 5e-4  # Keras L2 2.5e-4.
+  config.train.decay_mask = "keras"  # conv kernels + biases, dense kernel.
+  config.train.grad_clip_norm = 5.0  # global norm 5.
+  config.train.clip_includes_weight_decay = True  # L2 is in the loss.
+  config.train.random_sign = False  # search semantics (no signed ops anyway).
+  config.train.normalization = "search"  # 0.49139968, ... (spec §1.3).
+  config.train.eval_every_epochs = 0  # the official code never uses the test set.
+  config.train.checkpoint_every_steps = 500  # resumable pretraining.
+  return config
+
+
+# ---------------------------------------------------------------------------
+# Durations.
+# ---------------------------------------------------------------------------
+
+
+def total_steps(train: Any, steps_per_epoch: int) -> int:
+  """Number of optimiser steps of a run (big_vision `steps()` style).
+
+  Args:
+    train: the `config.train` section; exactly one of `num_epochs` (may be
+      fractional) and `num_steps` is > 0.
+    steps_per_epoch: batches per epoch (drop_last), > 0.
+
+  Returns:
+    num_steps, or round(num_epochs * steps_per_epoch) (at least 1).
+
+  Raises:
+    ValueError: neither or both durations set, or steps_per_epoch <= 0.
+  """
+  epochs, steps = float(train.num_epochs), int(train.num_steps)
+  if (epochs > 0) == (steps > 0):
+    raise ValueError(
+        "Exactly one of config.train.num_epochs and config.train.num_steps "
+        f"must be > 0 (the other 0), got num_epochs={train.num_epochs}, "
+        f"num_steps={train.num_steps}.")
+  if steps_per_epoch <= 0:
+    raise ValueError(f"steps_per_epoch must be > 0, got {steps_per_epoch}.")
+  if steps > 0:
+    return steps
+  return max(1, int(round(epochs * steps_per_epoch)))
+
+
+# ---------------------------------------------------------------------------
+# Validation.
+# ---------------------------------------------------------------------------
+
+
+def is_known_model(name: str) -> bool:
+  """Whether `build_model` (train.py) can build `name`."""
+  from deepaa_jax import models  # pylint: disable=g-import-not-at-top
+  if name in models.MODEL_NAMES:
+    return True
+  match = _WRN_PATTERN.match(name)
+  return bool(match) and (int(match.group(1)) - 4) % 6 == 0 and int(
+      match.group(1)) >= 10 and int(match.group(2)) >= 1
+
+
+def wrn_spec(name: str) -> Optional[tuple]:
+  """(depth, widen_factor, variant) for a "wrn_<d>_<k>[_search]" name."""
+  match = _WRN_PATTERN.match(name)
+  if not match:
+    return None
+  return (int(match.group(1)), int(match.group(2)),
+          "search" if match.group(3) else "eval")
+
+
+def _one_of(field: str, value: Any, allowed: Sequence[Any]) -> None:
+  if value not in allowed:
+    raise ValueError(
+        f"{field} must be one of {tuple(allowed)}, got {value!r}")
+
+
+def _check(condition: bool, field: str, requirement: str, value: Any) -> None:
+  if not condition:
+    raise ValueError(f"{field} must be {requirement}, got {value!r}")
+
+
+def validate(config) -> None:
+  """Semantic checks of a `job="train"` config; cheap, before any compile.
+
+  Unknown field names are already rejected by the ConfigDict lock; this
+  checks values: positive sizes, known names, consistent durations, batch
+  sizes divisible by the device count, files that must exist.
+
+  Args:
+    config: the whole config (sections model, policy, train, input).
+
+  Raises:
+    ValueError: the first problem found; the message names the field
+      (`config.train.schedule ...`) and the allowed values.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from deepaa_jax import models  # pylint: disable=g-import-not-at-top
+  from deepaa_jax import policy as policy_lib  # pylint: disable=g-import-not-at-top
+
+  for section in ("model", "policy", "train", "input"):
+    if section not in config:
+      raise ValueError(f"config.{section} is missing; build the config from "
+                       "deepaa_jax.config.base_config().")
+  m, p, t, i = config.model, config.policy, config.train, config.input
+
+  # Model.
+  if not is_known_model(m.name):
+    raise ValueError(
+        f"config.model.name must be one of {models.MODEL_NAMES} or "
+        f"'wrn_<depth>_<k>[_search]' with depth = 6n+4 >= 10, got {m.name!r}")
+  _check(m.num_classes >= 0, "config.model.num_classes",
+         ">= 0 (0 = from the dataset)", m.num_classes)
+
+  # Policy.
+  _one_of("config.policy.kind", p.kind, policy_lib.KINDS)
+  _one_of("config.policy.space", p.space, POLICY_SPACES)
+  if p.kind in ("official", "file"):
+    if not p.path:
+      raise ValueError(f"config.policy.path is required for "
+                       f"config.policy.kind={p.kind!r}")
+    if not pathlib.Path(os.path.expanduser(p.path)).is_file():
+      raise ValueError(f"config.policy.path: no policy file at {p.path!r} "
+                       f"(needed by config.policy.kind={p.kind!r})")
+  if p.kind == "deepta":
+    _check(p.num_layers >= 1, "config.policy.num_layers", ">= 1",
+           p.num_layers)
+
+  # Duration.
+  _check(t.num_epochs >= 0, "config.train.num_epochs", ">= 0", t.num_epochs)
+  _check(t.num_steps >= 0, "config.train.num_steps", ">= 0", t.num_steps)
+  if (t.num_epochs > 0) == (t.num_steps > 0):
+    raise ValueError(
+        "Exactly one of config.train.num_epochs and config.train.num_steps "
+        f"must be > 0 (the other 0), got num_epochs={t.num_epochs}, "
+        f"num_steps={t.num_steps}")
+
+  # Batch sizes and devices.
+  n_dev = jax.device_count()
+  for field in ("batch_size", "eval_batch_size"):
+    value = t[field]
+    _check(isinstance(value, int) and value > 0, f"config.train.{field}",
+           "a positive integer", value)
+    if value % n_dev:
+      raise ValueError(
+          f"config.train.{field}={value} must be divisible by the number of "
+          f"devices ({n_dev}, jax.device_count())")
+  _check(t.ba_copies >= 1, "config.train.ba_copies", ">= 1 (1 = no BA)",
+         t.ba_copies)
+
+  # Learning rate.
+  _check(t.learning_rate > 0, "config.train.learning_rate", "> 0",
+         t.learning_rate)
+  _one_of("config.train.schedule", t.schedule, SCHEDULES)
+  _check(t.warmup_epochs >= 0, "config.train.warmup_epochs", ">= 0",
+         t.warmup_epochs)
+  _check(t.warmup_init_lr >= 0, "config.train.warmup_init_lr", ">= 0",
+         t.warmup_init_lr)
+  _check(0 <= t.min_lr <= t.learning_rate, "config.train.min_lr",
+         f"in [0, learning_rate={t.learning_rate}]", t.min_lr)
+  if t.num_epochs > 0:
+    _check(t.warmup_epochs < t.num_epochs, "config.train.warmup_epochs",
+           f"< num_epochs={t.num_epochs}", t.warmup_epochs)
+  milestones = tuple(t.step_milestones)
+  _check(all(x >= 0 for x in milestones) and
+         list(milestones) == sorted(milestones),
+         "config.train.step_milestones",
+         "non-negative epochs (after warm-up) in increasing order", milestones)
+  _check(0 < t.step_factor <= 1, "config.train.step_factor", "in (0, 1]",
+         t.step_factor)
+
+  # Optimiser.
+  _check(0 <= t.momentum < 1, "config.train.momentum", "in [0, 1)",
+         t.momentum)
+  _check(t.weight_decay >= 0, "config.train.weight_decay", ">= 0",
+         t.weight_decay)
+  _one_of("config.train.decay_mask", t.decay_mask, DECAY_MASKS)
+  _check(t.grad_clip_norm >= 0, "config.train.grad_clip_norm",
+         ">= 0 (0 disables)", t.grad_clip_norm)
+
+  # Augmentation and bookkeeping.
+  _one_of("config.train.augment_method", t.augment_method, AUGMENT_METHODS)
+  _one_of("config.train.train_split", t.train_split, TRAIN_SPLITS)
+  _one_of("config.train.normalization", t.normalization, NORMALIZATIONS)
+  _check(t.eval_every_epochs >= 0, "config.train.eval_every_epochs",
+         ">= 0 (0 = only at the end)", t.eval_every_epochs)
+  _check(t.checkpoint_every_steps >= 0, "config.train.checkpoint_every_steps",
+         ">= 0 (0 = only at the end)", t.checkpoint_every_steps)
+  _check(t.keep_checkpoints >= 1, "config.train.keep_checkpoints", ">= 1",
+         t.keep_checkpoints)
+  _check(t.log_every_steps >= 1, "config.train.log_every_steps", ">= 1",
+         t.log_every_steps)
+  _check(isinstance(t.seed, int) and t.seed >= 0, "config.train.seed",
+         "a non-negative integer", t.seed)
+
+  # Input.
+  _one_of("config.input.source", i.source, INPUT_SOURCES)
+  _check(i.train_subset >= 0, "config.input.train_subset", ">= 0 (0 = all)",
+         i.train_subset)
+  if t.train_split != "train" and i.train_subset:
+    raise ValueError(
+        f"config.input.train_subset must be 0 with config.train.train_split="
+        f"{t.train_split!r} (the pretraining split is a fixed slice of the "
+        f"full training set), got {i.train_subset}")
+  if i.name.startswith("imagenet"):
+    raise ValueError(
+        "config.input.name: ImageNet training input is not implemented (the "
+        "official pipeline applies the policy to full-resolution images before "
+        "a centre pad/crop, spec §4.3) and ImageNet is not available offline; "
+        "this config documents the recipe. Use a CIFAR config.")
+  if i.source == "npz":
+    from deepaa_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+    path = input_pipeline._resolve_path(str(i.npz_path))  # pylint: disable=protected-access
+    if not path.is_file():
+      raise ValueError(
+          f"config.input.npz_path: no npz file at {str(i.npz_path)!r} for "
+          f"dataset {i.name!r}; pass --config.input.npz_path=/path/to/file.npz "
+          "(keys train_images, train_labels, test_images, test_labels)")
+  if p.space == "imagenet" and not i.name.startswith("imagenet"):
+    raise ValueError(
+        f"config.policy.space='imagenet' does not fit config.input.name="
+        f"{i.name!r}; use space 'cifar'")
+
+
+def one_line(error: BaseException) -> str:
+  """An exception message on one line (ml_collections' KeyErrors are
+  repr-quoted and span lines)."""
+  message = error.args[0] if error.args else str(error)
+  message = str(message)
+  if isinstance(error, (KeyError, AttributeError)):
+    message = message.strip("'\"").replace("\\'", "'")
+  return " ".join(message.replace("\\n", "\n").split())
+
+
+def describe_override_error(error: BaseException,
+                            argv: Sequence[str]) -> str:
+  """One line for a failed `--config.*` override, naming the argument.
+
+  Args:
+    error: what ml_collections / absl raised while parsing the flags.
+    argv: the command line.
+
+  Returns:
+    e.g. "--config.train.num_epoch=3: no field 'num_epoch' in config.train;
+    Did you mean \"num_epochs\" instead of \"num_epoch\"?".
+  """
+  message = one_line(error)
+  overrides = [a for a in argv if a.startswith("--config.")]
+  missing = re.match(r"^'?([A-Za-z0-9_]+)'?\s*(.*)$", message)
+  if isinstance(error, (KeyError, AttributeError)) and missing:
+    field, rest = missing.group(1), missing.group(2)
+    for arg in overrides:
+      path = arg[2:].split("=", 1)[0].split(".")
+      if field in path:
+        parent = ".".join(path[:path.index(field)])
+        hint = f"; {rest[:1].lower()}{rest[1:]}" if rest else ""
+        return f"{arg}: no field {field!r} in {parent}{hint}"
+  culprit = next((a for a in overrides if a.split("=", 1)[0][2:] in message),
+                 None)
+  return f"{culprit}: {message}" if culprit and culprit not in message else (
+      message)
+

@@ -1,0 +1,928 @@
+"""Training with a fixed augmentation policy: evaluation runs and pretraining.
+
+One loop serves both uses of supervised training in DeepAA:
+
+* **policy evaluation** (spec §4.3-§4.5): WRN-28-10 / ResNet-50 trained with a
+  policy applied per image and per layer, SGD Nesterov, warm-up + cosine (or
+  step) learning rate, weight decay off BN, gradient clipping, optional Batch
+  Augmentation;
+* **search-model pretraining** (spec §2.3): WRN-40-2 (Keras flavour) on the
+  official 5,000-image pretraining split with crop + flip + Cutout, cosine
+  0.1 -> 1e-7, Keras-style L2 included in the clipped gradient. `train(config,
+  workdir)` returns the `TrainState` for the search to use.
+
+The train step is a pure function of (state, batch, key), compiled once:
+
+  uint8[B, H, W, 3] batch
+    -> repeat M times (Batch Augmentation; M = 1 without BA)
+    -> `policy.apply_policy` per example and layer, on device, with key
+       fold_in(fold_in(key, step), 0); copy c of image i is example c*B + i
+    -> `input_pipeline.normalize`
+    -> model in BN training mode (per copy of B images when BA, as on each
+       official GPU) -> mean cross-entropy over the B*M images
+    -> gradients -> optax chain (clip, weight decay, SGD) -> new state.
+
+`train_and_evaluate(config, workdir)` is the CLI entry: it loads the data,
+builds the model/policy/optimiser, resumes from the latest orbax checkpoint in
+`workdir` if there is one (with a loud warning), logs to a CLU writer and to
+`workdir/metrics.jsonl`, evaluates on the test split every
+`eval_every_epochs` and at the end, and writes `workdir/results.json`. The
+data order is a pure function of (seed, epoch) and the keys of (seed, step),
+so a run killed and restarted ends with bit-identical parameters.
+"""
+
+import functools
+import json
+import math
+import pathlib
+import time
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+
+from absl import logging
+import flax
+from flax import traverse_util
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from deepaa_jax import config as config_lib
+from deepaa_jax import input_pipeline
+from deepaa_jax import models
+from deepaa_jax import policy as policy_lib
+from deepaa_jax import space as space_lib
+
+Array = jax.Array
+PyTree = Any
+
+# Domain-separation tags folded into the run key (see `_run_keys`).
+_TAG_INIT = 0
+_TAG_STEP = 1
+# config.train fields that do not change the compiled train step.
+_NOT_STATIC = ("seed", "eval_every_epochs", "eval_batch_size",
+               "checkpoint_every_steps", "keep_checkpoints", "log_every_steps",
+               "train_split")
+# Fields that may change between an interrupted run and its resumption.
+_RESUMABLE_FIELDS = (
+    "train.eval_every_epochs", "train.eval_batch_size",
+    "train.checkpoint_every_steps", "train.keep_checkpoints",
+    "train.log_every_steps", "train.augment_method", "input.data_dir")
+# Files compared by name only, so that a moved checkout can resume.
+_PATH_FIELDS = ("input.npz_path", "policy.path")
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss, gradient or parameters became NaN or infinite (divergence)."""
+
+
+# ---------------------------------------------------------------------------
+# State, model, optimiser.
+# ---------------------------------------------------------------------------
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training; one pytree (checkpointed whole).
+
+  Attributes:
+    step: int32[], number of optimiser steps taken.
+    params: the model's `params` collection (float32).
+    batch_stats: the model's `batch_stats` collection (BN running averages).
+    opt_state: the optax state of `make_optimizer`'s chain.
+  """
+  step: Array
+  params: PyTree
+  batch_stats: PyTree
+  opt_state: PyTree
+
+
+def build_model(config, *, num_classes: int, bf16: bool = False) -> nn.Module:
+  """The network named by `config.model`.
+
+  Args:
+    config: the `config.model` section (`name`).
+    num_classes: logits dimension.
+    bf16: compute in bfloat16 (parameters and logits stay float32).
+
+  Returns:
+    An unbound flax module (`models.get_model`, or a `WideResNet` for a
+    "wrn_<depth>_<k>[_search]" name that is not registered).
+  """
+  dtype = jnp.bfloat16 if bf16 else jnp.float32
+  if config.name in models.MODEL_NAMES:
+    return models.get_model(config.name, num_classes=num_classes, dtype=dtype)
+  spec = config_lib.wrn_spec(config.name)
+  if spec is None or not config_lib.is_known_model(config.name):
+    raise ValueError(
+        f"config.model.name must be one of {models.MODEL_NAMES} or "
+        f"'wrn_<depth>_<k>[_search]', got {config.name!r}")
+  depth, width, variant = spec
+  return models.WideResNet(depth=depth, widen_factor=width,
+                           num_classes=num_classes, variant=variant,
+                           dtype=dtype)
+
+
+def weight_decay_mask(params: PyTree, *, kind: str = "non_bn") -> PyTree:
+  """Which parameters get weight decay: a pytree of bools shaped like params.
+
+  Args:
+    params: the `params` collection (nested dict).
+    kind: "non_bn": every parameter except BN scale/bias, biases included
+      (PyTorch evaluation code, `DeepAA_evaluate/train.py:173-185`);
+      "keras": conv kernels, conv biases and dense kernels only, i.e. not BN
+      and not the dense bias (the Keras L2 of the search network, spec §2.3).
+      A dense layer is recognised by its 2-D kernel.
+
+  Returns:
+    A nested dict of Python bools with the structure of `params`.
+  """
+  if kind not in config_lib.DECAY_MASKS:
+    raise ValueError(f"config.train.decay_mask must be one of "
+                     f"{config_lib.DECAY_MASKS}, got {kind!r}")
+  bn = traverse_util.flatten_dict(models.bn_param_mask(params))
+  flat = traverse_util.flatten_dict(params)
+  mask = {}
+  for path in flat:
+    decay = not bn[path]
+    if kind == "keras" and path[-1] == "bias":
+      kernel = flat.get(path[:-1] + ("kernel",))
+      if kernel is not None and np.ndim(kernel) == 2:
+        decay = False  # Keras puts no regulariser on the dense bias.
+    mask[path] = decay
+  return traverse_util.unflatten_dict(mask)
+
+
+def learning_rate_schedule(train, steps_per_epoch: int) -> optax.Schedule:
+  """The official per-iteration learning rate (spec §4.4) as an optax schedule.
+
+  With t = step / steps_per_epoch (fractional epochs, as the official code
+  steps its scheduler every iteration), w = warmup_epochs, T the run length in
+  epochs, peak = learning_rate:
+
+    t < w:       warmup_init_lr + (peak - warmup_init_lr) * t / w
+                 (GradualWarmupScheduler: multiplier 1 starts at 0, the
+                 ImageNet multiplier 8 goes 0.1 -> 0.8)
+    "cosine":    min_lr + (peak - min_lr) * (1 + cos(pi (t - w) / (T - w))) / 2
+    "step":      peak * step_factor ** #{m in step_milestones : t - w >= m}
+                 (milestones count from the end of warm-up, so ImageNet's
+                 90/180/240 fall at absolute epochs 95/185/245)
+
+  The search-model pretraining (spec §2.3) is "cosine" with w = 0 and
+  min_lr = 1e-7. One quirk of the official warm-up class is not reproduced:
+  on the first iteration after warm-up it returns the after-scheduler's
+  stale lr (for ImageNet 0.1 instead of 0.8) for a single step.
+
+  Args:
+    train: the `config.train` section.
+    steps_per_epoch: optimiser steps per epoch, > 0.
+
+  Returns:
+    A function int step count -> float32 learning rate (jit-able).
+  """
+  spe = float(steps_per_epoch)
+  total = float(config_lib.total_steps(train, steps_per_epoch))
+  peak, init = float(train.learning_rate), float(train.warmup_init_lr)
+  floor = float(train.min_lr)
+  warm = float(train.warmup_epochs) * spe
+  kind = train.schedule
+  milestones = tuple(float(m) * spe for m in train.step_milestones)
+  factor = float(train.step_factor)
+  if kind not in config_lib.SCHEDULES:
+    raise ValueError(f"config.train.schedule must be one of "
+                     f"{config_lib.SCHEDULES}, got {kind!r}")
+
+  def schedule(count):
+    s = jnp.asarray(count, jnp.float32)
+    if kind == "cosine":
+      progress = jnp.clip((s - warm) / max(total - warm, 1.0), 0.0, 1.0)
+      after = floor + (peak - floor) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+    else:
+      drops = sum((s - warm >= m).astype(jnp.float32) for m in milestones)
+      after = peak * jnp.power(jnp.float32(factor), drops)
+    if warm > 0:
+      ramp = init + (peak - init) * s / warm
+      return jnp.where(s < warm, ramp, after).astype(jnp.float32)
+    return jnp.asarray(after, jnp.float32)
+
+  return schedule
+
+
+def make_optimizer(train, params: PyTree,
+                   steps_per_epoch: int) -> optax.GradientTransformation:
+  """SGD with the official clipping and weight decay, as one optax chain.
+
+  clip_includes_weight_decay=False (PyTorch evaluation code): clip the raw
+  gradient's global norm, then add weight_decay * w (masked), then SGD:
+    chain(clip_by_global_norm, add_decayed_weights, sgd).
+  clip_includes_weight_decay=True (Keras search pretraining): the L2 term is
+  part of the loss, so its gradient is clipped with the rest:
+    chain(add_decayed_weights, clip_by_global_norm, sgd).
+  `sgd` is optax's trace(momentum, nesterov) then -lr, which equals PyTorch's
+  SGD(dampening=0): buf = mu*buf + g; step = lr * (g + mu*buf). (PyTorch's
+  clip_grad_norm_ divides by norm + 1e-6; optax by norm.)
+
+  Args:
+    train: the `config.train` section.
+    params: the parameters (for the weight-decay mask).
+    steps_per_epoch: for the learning-rate schedule.
+
+  Returns:
+    An optax GradientTransformation.
+  """
+  schedule = learning_rate_schedule(train, steps_per_epoch)
+  mask = weight_decay_mask(params, kind=train.decay_mask)
+  clip = (optax.clip_by_global_norm(float(train.grad_clip_norm))
+          if train.grad_clip_norm > 0 else optax.identity())
+  decay = optax.add_decayed_weights(float(train.weight_decay), mask=mask)
+  sgd = optax.sgd(schedule, momentum=float(train.momentum),
+                  nesterov=bool(train.nesterov))
+  if train.clip_includes_weight_decay:
+    return optax.chain(decay, clip, sgd)
+  return optax.chain(clip, decay, sgd)
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted_init(model: nn.Module, image_shape: Tuple[int, ...]):
+  """One compiled `model.init` per (model, image shape); init compiles
+  slowly on CPU (~7 s for WRN-10-1), so it is compiled once per process."""
+  def init(key):
+    variables = model.init({"params": key, "shake": key, "dropout": key},
+                           jnp.zeros((1,) + tuple(image_shape), jnp.float32),
+                           train=False)
+    return variables["params"], variables.get("batch_stats", {})
+  return jax.jit(init)
+
+
+def create_train_state(key: Array, config, model: nn.Module,
+                       image_shape: Tuple[int, int, int], *,
+                       tx: Optional[optax.GradientTransformation] = None,
+                       ) -> TrainState:
+  """Initial parameters, BN statistics and optimiser state.
+
+  Args:
+    key: PRNG key of the initialisation.
+    config: the whole config (`config.train` builds the default optimiser).
+    model: the flax module (e.g. from `build_model`).
+    image_shape: (H, W, 3) of one input image.
+    tx: the optimiser; default `make_optimizer(config.train, params, 1)` (the
+      optimiser state's structure and initial values do not depend on the
+      schedule, so steps_per_epoch does not matter here).
+
+  Returns:
+    TrainState at step 0.
+  """
+  params, batch_stats = _jitted_init(model, tuple(image_shape))(key)
+  if tx is None:
+    tx = make_optimizer(config.train, params, 1)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    batch_stats=batch_stats, opt_state=tx.init(params))
+
+
+# ---------------------------------------------------------------------------
+# Steps.
+# ---------------------------------------------------------------------------
+
+
+def step_key(key: Array, step: Array) -> Array:
+  """The key of training step `step`: fold_in(key, step) (big_vision)."""
+  return jax.random.fold_in(key, step)
+
+
+def augment_batch(key: Array, images: Array, policy: policy_lib.Policy, *,
+                  copies: int = 1, random_sign: bool = False,
+                  method: str = "auto") -> Array:
+  """Repeats a batch M times and augments every copy independently.
+
+  Args:
+    key: the augmentation key of the step.
+    images: uint8[B, H, W, 3] in [0, 255].
+    policy: the policy (static).
+    copies: M (Batch Augmentation); the output is the M copies stacked, copy
+      c of image i at row c*B + i, and example index c*B + i picks its keys,
+      so the copies of one image get independent draws.
+    random_sign: the official eval's 50% sign flip (spec §4.2).
+    method: `apply_chain_batch` method.
+
+  Returns:
+    float32[M*B, H, W, 3] with integer values in [0, 255].
+  """
+  images = jnp.asarray(images)
+  if copies > 1:
+    images = jnp.tile(images, (copies, 1, 1, 1))
+  return policy_lib.apply_policy(key, images, policy, random_sign=random_sign,
+                                 method=method)
+
+
+def cross_entropy(logits: Array, labels: Array) -> Array:
+  """Per-example softmax cross-entropy: float32[N] from float[N, C], int[N]."""
+  return optax.softmax_cross_entropy_with_integer_labels(
+      logits.astype(jnp.float32), labels)
+
+
+def _forward_train(model: nn.Module, params, batch_stats, x: Array,
+                   key: Array, *, groups: int):
+  """Logits in BN training mode; with groups > 1, BN statistics per group of
+  N/groups consecutive rows (the per-GPU BN of the official BA runs), the new
+  running statistics averaged over the groups."""
+  variables = {"params": params, "batch_stats": batch_stats}
+
+  def apply(x, k):
+    rngs = {"shake": jax.random.fold_in(k, 0),
+            "dropout": jax.random.fold_in(k, 1)}
+    logits, updates = model.apply(variables, x, train=True,
+                                  mutable=["batch_stats"], rngs=rngs)
+    return logits, updates.get("batch_stats", {})
+
+  if groups == 1:
+    return apply(x, key)
+  xs = x.reshape((groups, x.shape[0] // groups) + x.shape[1:])
+  keys = jax.vmap(lambda g: jax.random.fold_in(key, g))(jnp.arange(groups))
+  logits, stats = jax.vmap(apply)(xs, keys)
+  return (logits.reshape((-1,) + logits.shape[2:]),
+          jax.tree.map(lambda s: jnp.mean(s, axis=0), stats))
+
+
+def make_train_step(model: nn.Module, policy: policy_lib.Policy,
+                    tx: optax.GradientTransformation, *,
+                    mean, std, schedule: Optional[optax.Schedule] = None,
+                    ba_copies: int = 1, ba_per_copy_bn: bool = True,
+                    random_sign: bool = False, augment_method: str = "auto",
+                    donate: bool = True) -> Callable:
+  """The compiled training step `train_step(state, batch, key)`.
+
+  Args:
+    model, policy, tx: closed over (static).
+    mean, std: per-channel normalisation constants in [0, 1] units.
+    schedule: learning-rate schedule, only to report the lr in the metrics.
+    ba_copies: M, Batch Augmentation copies per image.
+    ba_per_copy_bn: with M > 1, BN statistics per copy of B images (as each
+      of the official 8 GPUs computes them) instead of over all B*M.
+    random_sign: see `augment_batch`.
+    augment_method: see `augment_batch`.
+    donate: donate the input state's buffers (the caller must not reuse it).
+
+  Returns:
+    train_step(state, batch, key) -> (state, metrics): `batch` is
+    {"image": uint8[B, H, W, 3], "label": int32[B]}, `key` the run's step
+    key root (the step's key is fold_in(key, state.step)); metrics are
+    float32 scalars "loss" (mean CE over the B*M augmented images),
+    "accuracy", "grad_norm" (before clipping), "param_norm" (after the
+    update), "learning_rate".
+  """
+  mean = tuple(float(v) for v in mean)
+  std = tuple(float(v) for v in std)
+  groups = ba_copies if (ba_copies > 1 and ba_per_copy_bn) else 1
+
+  def train_step(state: TrainState, batch, key: Array):
+    k = step_key(key, state.step)
+    k_aug, k_model = jax.random.fold_in(k, 0), jax.random.fold_in(k, 1)
+    images = augment_batch(k_aug, batch["image"], policy, copies=ba_copies,
+                           random_sign=random_sign, method=augment_method)
+    labels = jnp.tile(batch["label"], ba_copies)
+    x = input_pipeline.normalize(images, mean, std)
+
+    def loss_fn(params):
+      logits, stats = _forward_train(model, params, state.batch_stats, x,
+                                     k_model, groups=groups)
+      return jnp.mean(cross_entropy(logits, labels)), (logits, stats)
+
+    (loss, (logits, stats)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {
+        "loss": loss,
+        "accuracy": jnp.mean((jnp.argmax(logits, -1) == labels).astype(
+            jnp.float32)),
+        "grad_norm": optax.global_norm(grads),
+        "param_norm": optax.global_norm(params),
+        "learning_rate": (schedule(state.step) if schedule is not None
+                          else jnp.float32(jnp.nan)),
+    }
+    new_state = state.replace(step=state.step + 1, params=params,
+                              batch_stats=stats, opt_state=opt_state)
+    return new_state, metrics
+
+  return jax.jit(train_step, donate_argnums=(0,) if donate else ())
+
+
+def make_eval_step(model: nn.Module, *, mean, std) -> Callable:
+  """The compiled evaluation step `eval_step(state, batch)`.
+
+  Args:
+    model: the flax module (BN in inference mode).
+    mean, std: normalisation constants in [0, 1] units.
+
+  Returns:
+    eval_step(state, batch) -> {"loss_sum", "correct", "count"} float32 sums
+    over the examples with batch["mask"] = 1; batch holds "image"
+    uint8[B, H, W, 3], "label" int32[B], "mask" float32[B] (0 for padding).
+  """
+  mean = tuple(float(v) for v in mean)
+  std = tuple(float(v) for v in std)
+
+  def eval_step(state: TrainState, batch):
+    x = input_pipeline.normalize(batch["image"], mean, std)
+    logits = model.apply({"params": state.params,
+                          "batch_stats": state.batch_stats}, x, train=False)
+    mask = batch["mask"]
+    correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+    return {"loss_sum": jnp.sum(cross_entropy(logits, batch["label"]) * mask),
+            "correct": jnp.sum(correct * mask), "count": jnp.sum(mask)}
+
+  return jax.jit(eval_step)
+
+
+_STEP_CACHE: Dict[Any, Any] = {}
+
+
+def _cached(key, build):
+  """Compiled functions per static setting, so repeated runs in one process
+  (tests, notebooks, sweeps) do not recompile."""
+  if key not in _STEP_CACHE:
+    if len(_STEP_CACHE) > 16:
+      _STEP_CACHE.clear()
+    _STEP_CACHE[key] = build()
+  return _STEP_CACHE[key]
+
+
+def evaluate(eval_step: Callable, state: TrainState,
+             split: input_pipeline.Split, *, batch_size: int,
+             sharding=None) -> Dict[str, float]:
+  """Test loss and accuracy over a whole split (last batch padded).
+
+  Args:
+    eval_step: from `make_eval_step`.
+    state: the state to evaluate.
+    split: the examples.
+    batch_size: fixed batch size (one compilation).
+    sharding: optional batch sharding.
+
+  Returns:
+    {"loss": mean CE, "accuracy": fraction correct, "count": N}.
+  """
+  totals = np.zeros(3, np.float64)
+  for batch in input_pipeline.batches(split, batch_size, seed=0, epoch=0,
+                                      shuffle=False, drop_last=False):
+    n = batch["label"].shape[0]
+    pad = batch_size - n
+    batch = {
+        "image": np.pad(batch["image"], ((0, pad), (0, 0), (0, 0), (0, 0))),
+        "label": np.pad(batch["label"], (0, pad)),
+        "mask": np.concatenate([np.ones(n, np.float32),
+                                np.zeros(pad, np.float32)]),
+    }
+    out = jax.device_get(eval_step(state, _put(batch, sharding)))
+    totals += [out["loss_sum"], out["correct"], out["count"]]
+  count = max(totals[2], 1.0)
+  return {"loss": float(totals[0] / count),
+          "accuracy": float(totals[1] / count), "count": int(totals[2])}
+
+
+# ---------------------------------------------------------------------------
+# Bookkeeping: checkpoints, metrics, progress.
+# ---------------------------------------------------------------------------
+
+
+def _put(batch, sharding):
+  return jax.device_put(batch, sharding) if sharding is not None else batch
+
+
+def _abstract(tree):
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype
+                                     if not hasattr(x, "dtype") else x.dtype),
+      tree)
+
+
+class _Checkpoints:
+  """Orbax CheckpointManager of the TrainState (StandardSave/Restore)."""
+
+  def __init__(self, directory: pathlib.Path, keep: int):
+    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+    self._ocp = ocp
+    self.directory = directory.resolve()
+    self.manager = ocp.CheckpointManager(
+        self.directory, options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True))
+
+  def latest(self) -> Optional[int]:
+    return self.manager.latest_step()
+
+  def save(self, state: TrainState) -> None:
+    step = int(jax.device_get(state.step))
+    if step in self.manager.all_steps():
+      return
+    self.manager.save(step, args=self._ocp.args.StandardSave(state),
+                      force=True)
+    self.manager.wait_until_finished()
+
+  def restore(self, step: int, like: TrainState) -> TrainState:
+    return self.manager.restore(
+        step, args=self._ocp.args.StandardRestore(_abstract(like)))
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+class _LoggingWriter:
+  """Fallback when CLU's writers cannot be imported (they need
+  `tensorboard`): scalars go to absl logging only."""
+
+  def write_scalars(self, step, scalars):
+    logging.info("[%d] %s", step, ", ".join(
+        f"{k}={v:.6g}" for k, v in sorted(scalars.items())))
+
+  def write_hparams(self, hparams):
+    del hparams
+
+  def flush(self):
+    pass
+
+  def close(self):
+    pass
+
+
+class _Progress:
+  """Fallback for CLU's ReportProgress: steps/s and ETA in the log."""
+
+  def __init__(self, num_train_steps, writer, every_steps):
+    self.total, self.writer, self.every = num_train_steps, writer, every_steps
+    self.last = None
+
+  def __call__(self, step, t=None):
+    t = time.time() if t is None else t
+    if self.last is None:
+      self.last = (step, t)
+      return
+    if step % self.every == 0 or step == self.total:
+      s0, t0 = self.last
+      rate = (step - s0) / max(t - t0, 1e-9)
+      eta = (self.total - step) / max(rate, 1e-9)
+      logging.info("step %d/%d: %.2f steps/s, ETA %.0f min", step, self.total,
+                   rate, eta / 60)
+      self.writer.write_scalars(step, {"steps_per_sec": rate})
+      self.last = (step, t)
+
+
+def _writer_and_progress(workdir: pathlib.Path, total: int, every: int):
+  try:
+    from clu import metric_writers  # pylint: disable=g-import-not-at-top
+    from clu import periodic_actions  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    logging.warning("CLU metric writers unavailable (%s; they need the "
+                    "`tensorboard` package): logging scalars only.", e)
+    writer = _LoggingWriter()
+    return writer, _Progress(total, writer, every)
+  writer = metric_writers.create_default_writer(
+      str(workdir), just_logging=jax.process_index() > 0)
+  progress = periodic_actions.ReportProgress(
+      num_train_steps=total, writer=writer, every_steps=every)
+  return writer, progress
+
+
+class _JsonLog:
+  """`metrics.jsonl`: one JSON record per line (process 0 only); on resume,
+  records after the checkpoint are dropped so no step appears twice."""
+
+  def __init__(self, path: pathlib.Path):
+    self.path = path
+    self.enabled = jax.process_index() == 0
+
+  def truncate_after(self, step: int) -> None:
+    if not self.enabled or not self.path.exists():
+      return
+    lines = [l for l in self.path.read_text().splitlines() if l.strip()]
+    kept = [l for l in lines if json.loads(l).get("step", 0) <= step]
+    self.path.write_text("".join(l + "\n" for l in kept))
+
+  def write(self, record: Mapping[str, Any]) -> None:
+    if self.enabled:
+      with self.path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _resume_banner(step: int, total: int, workdir: pathlib.Path,
+                   directory: pathlib.Path) -> None:
+  bar = "=" * 78
+  logging.warning(
+      "\n%s\nRESUMING TRAINING from step %d of %d (checkpoint in %s).\n"
+      "workdir: %s\nThe parameters, BN statistics and optimiser state are "
+      "those of that checkpoint, not a fresh initialisation.\nTo start afresh, "
+      "use a new --workdir or delete this one.\n%s", bar, step, total,
+      directory, workdir, bar)
+
+
+def _flat_config(config) -> Dict[str, Any]:
+  d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+  flat = traverse_util.flatten_dict(d, sep=".")
+  return {k: list(v) if isinstance(v, tuple) else v for k, v in flat.items()}
+
+
+def _check_same_run(workdir: pathlib.Path, config) -> None:
+  """Refuses to resume a checkpoint written under a different config."""
+  path = workdir / "config.json"
+  if not path.exists():
+    logging.warning("No config.json next to the checkpoint in %s; cannot "
+                    "check that it belongs to this config.", workdir)
+    return
+  old = json.loads(path.read_text())
+  new = json.loads(json.dumps(_flat_config(config), default=str))
+
+  def comparable(k, d):
+    v = d.get(k)
+    return pathlib.Path(v).name if k in _PATH_FIELDS and v else v
+
+  diffs = [f"config.{k}: {old.get(k)!r} -> {new.get(k)!r}"
+           for k in sorted(set(old) | set(new))
+           if comparable(k, old) != comparable(k, new)
+           and k not in _RESUMABLE_FIELDS]
+  if diffs:
+    raise ValueError(
+        f"{workdir} holds a checkpoint of a different run; differing fields: "
+        + "; ".join(diffs) + ". Use a fresh --workdir (or delete this one).")
+
+
+def _train_split(dataset: input_pipeline.Dataset,
+                 train) -> input_pipeline.Split:
+  if train.train_split == "train":
+    return dataset.splits["train"]
+  full = dataset.splits.get("train_full", dataset.splits["train"])
+  return input_pipeline.official_search_splits(
+      full, allow_small=train.train_split == "pretrain_small")["pretrain"]
+
+
+def _policy_fingerprint(policy: policy_lib.Policy):
+  return (policy.name, policy.space_name, policy.probs.shape,
+          policy.probs.tobytes())
+
+
+def _host_float(x) -> float:
+  return float(np.asarray(jax.device_get(x)))
+
+
+# ---------------------------------------------------------------------------
+# Entry points.
+# ---------------------------------------------------------------------------
+
+
+def train(config, workdir, *, dataset: Optional[input_pipeline.Dataset] = None,
+          stop_after_step: Optional[int] = None,
+          ) -> Tuple[TrainState, Dict[str, Any]]:
+  """Trains (resuming from `workdir` if possible) and evaluates.
+
+  Args:
+    config: a full `job="train"` config (see `deepaa_jax.config`).
+    workdir: output folder: `checkpoints/`, `metrics.jsonl`, `config.json`,
+      `results.json`, CLU/TensorBoard event files.
+    dataset: an already loaded dataset (default: `load_dataset(config.input)`).
+    stop_after_step: end this invocation after this many total steps (a
+      checkpoint is saved there), as a preempted job would; a later call
+      resumes. None runs to the end.
+
+  Returns:
+    (state, metrics): the final TrainState (device arrays) and a dict with
+    "test_accuracy", "test_loss", "train_loss", "train_accuracy", "step",
+    "wall_time_s", "images_per_s", ... (also written to results.json when
+    the run is complete).
+
+  Raises:
+    ValueError: invalid config (see `config.validate`), or a workdir whose
+      checkpoint belongs to another config.
+    NonFiniteLossError: the loss became NaN/inf.
+  """
+  t_start = time.time()
+  config_lib.validate(config)
+  if jax.process_count() > 1:
+    raise NotImplementedError("train() runs in a single process (any number "
+                              "of local devices).")
+  tc = config.train
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+
+  # Data.
+  if dataset is None:
+    dataset = input_pipeline.load_dataset(config.input)
+  split = _train_split(dataset, tc)
+  spe = input_pipeline.steps_per_epoch(split.size, tc.batch_size, True)
+  if spe == 0:
+    raise ValueError(
+        f"config.train.batch_size={tc.batch_size} exceeds the {split.size} "
+        f"images of the {tc.train_split!r} split (batches drop the remainder).")
+  total = config_lib.total_steps(tc, spe)
+  test = dataset.splits["test"]
+  mean, std = dataset.mean, dataset.std  # eval constants (spec §4.3)
+  if tc.normalization == "search":  # spec §1.3, for search pretraining
+    mean, std = input_pipeline.normalization_constants(
+        dataset.name, phase="search", default=(mean, std))
+
+  # Model, policy, optimiser (compiled pieces cached per static setting).
+  num_classes = int(config.model.num_classes) or dataset.num_classes
+  model = build_model(config.model, num_classes=num_classes, bf16=tc.bf16)
+  policy = policy_lib.make_policy(config.policy,
+                                  space_lib.get_space(config.policy.space))
+  root = jax.random.key(tc.seed)
+  init_key, run_key = (jax.random.fold_in(root, _TAG_INIT),
+                       jax.random.fold_in(root, _TAG_STEP))
+  init = _jitted_init(model, tuple(dataset.image_shape))
+  params0, stats0 = init(init_key)
+  static = {k: v for k, v in tc.to_dict().items() if k not in _NOT_STATIC}
+  tx_key = (model, _policy_fingerprint(policy), repr(sorted(static.items())),
+            spe, tuple(mean), tuple(std))
+
+  def build():
+    tx = make_optimizer(tc, params0, spe)
+    step = make_train_step(
+        model, policy, tx, mean=mean, std=std,
+        schedule=learning_rate_schedule(tc, spe), ba_copies=tc.ba_copies,
+        ba_per_copy_bn=tc.ba_per_copy_bn, random_sign=tc.random_sign,
+        augment_method=tc.augment_method)
+    return tx, step
+
+  tx, train_step = _cached(("train",) + tx_key, build)
+  eval_step = _cached(("eval", model, tuple(mean), tuple(std)),
+                      lambda: make_eval_step(model, mean=mean, std=std))
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params0,
+                     batch_stats=stats0, opt_state=tx.init(params0))
+  num_params = models.count_params(params0)
+
+  # Devices: data parallel over the local devices (batch split on axis 0).
+  mesh = jax.sharding.Mesh(np.asarray(jax.local_devices()), ("data",))
+  batch_sharding = jax.sharding.NamedSharding(
+      mesh, jax.sharding.PartitionSpec("data"))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  if jax.local_device_count() == 1:
+    batch_sharding = replicated = None
+
+  # Resume.
+  ckpt = _Checkpoints(workdir / "checkpoints", tc.keep_checkpoints)
+  log = _JsonLog(workdir / "metrics.jsonl")
+  resumed_from = ckpt.latest()
+  if resumed_from is not None:
+    _check_same_run(workdir, config)
+    state = ckpt.restore(resumed_from, state)
+    _resume_banner(resumed_from, total, workdir, ckpt.directory)
+    log.truncate_after(resumed_from)
+  elif log.enabled and log.path.exists():
+    log.path.unlink()  # metrics of a run that never checkpointed
+  if jax.process_index() == 0:
+    (workdir / "config.json").write_text(
+        json.dumps(_flat_config(config), indent=1, default=str))
+  if replicated is not None:
+    state = jax.device_put(state, replicated)
+  start = int(jax.device_get(state.step))
+  end = total if stop_after_step is None else min(total, int(stop_after_step))
+
+  writer, progress = _writer_and_progress(workdir, total, tc.log_every_steps)
+  logging.info(
+      "Training %s (%d params) with policy %r (%d layers) on %d %s images, "
+      "batch %d x %d copies, %d steps (%d per epoch), from step %d; "
+      "workdir %s", config.model.name, num_params, policy.name,
+      policy.num_layers, split.size, tc.train_split, tc.batch_size,
+      tc.ba_copies, total, spe, start, workdir)
+
+  def evaluate_now(step: int) -> Dict[str, float]:
+    res = evaluate(eval_step, state, test, batch_size=tc.eval_batch_size,
+                   sharding=batch_sharding)
+    res["step"] = step
+    log.write({"step": step, "epoch": step / spe, "test_loss": res["loss"],
+               "test_accuracy": res["accuracy"]})
+    writer.write_scalars(step, {"test_loss": res["loss"],
+                                "test_accuracy": res["accuracy"]})
+    logging.info("step %d (epoch %.2f): test accuracy %.4f, loss %.4f", step,
+                 step / spe, res["accuracy"], res["loss"])
+    return res
+
+  # The loop. The loss of step s is checked while step s+1 runs.
+  window, last_train, test_res = [], {}, None
+  pending = None  # (step, metrics) awaiting the NaN check
+  timed_steps, timed_s, t_first_done = 0, 0.0, None
+
+  def check(item):
+    step_done, metrics = item
+    loss = _host_float(metrics["loss"])
+    norms = {k: _host_float(metrics[k]) for k in ("grad_norm", "param_norm")}
+    if not (math.isfinite(loss) and all(map(math.isfinite, norms.values()))):
+      raise NonFiniteLossError(
+          f"Training diverged (non-finite loss, gradient or parameters) at "
+          f"step {step_done} (epoch {step_done / spe:.2f}): loss {loss}, "
+          f"gradient norm {norms['grad_norm']:.4g}, parameter norm after the "
+          f"update {norms['param_norm']:.4g}, learning rate "
+          f"{_host_float(metrics['learning_rate']):.4g}. Last good "
+          f"checkpoint: {ckpt.latest() or 'none'} in {ckpt.directory}. Lower "
+          "config.train.learning_rate, keep config.train.grad_clip_norm > 0, "
+          "or turn off config.train.bf16.")
+
+  t_loop = time.time()
+  step = start
+  try:
+    while step < end:
+      epoch, offset = divmod(step, spe)
+      for batch in input_pipeline.batches(split, tc.batch_size, seed=tc.seed,
+                                          epoch=epoch, start_step=offset):
+        state, metrics = train_step(state, _put(batch, batch_sharding),
+                                    run_key)
+        step += 1
+        if pending is not None:
+          check(pending)
+        pending = (step, metrics)
+        if t_first_done is None:
+          jax.block_until_ready(metrics["loss"])
+          t_first_done = time.time()  # excludes compilation from images/s
+          first_timed = step
+        window.append(metrics)
+        progress(step, time.time())
+        checkpoint_now = (tc.checkpoint_every_steps and
+                          step % tc.checkpoint_every_steps == 0)
+        eval_now = (step % spe == 0 and step < total and tc.eval_every_epochs
+                    and (step // spe) % tc.eval_every_epochs == 0)
+        log_now = step % tc.log_every_steps == 0 or step == end
+        if checkpoint_now or eval_now or log_now:
+          check(pending)  # never checkpoint or report a diverged state
+          pending = None
+        if log_now:
+          host = jax.device_get(window)
+          last_train = {k: float(np.mean([m[k] for m in host]))
+                        for k in host[0]}
+          window = []
+          log.write({"step": step, "epoch": step / spe,
+                     **{f"train_{k}": v for k, v in last_train.items()}})
+          writer.write_scalars(step, {f"train_{k}": v
+                                      for k, v in last_train.items()})
+        if checkpoint_now:
+          ckpt.save(state)
+        if eval_now:
+          test_res = evaluate_now(step)
+        if step >= end:
+          break
+    if pending is not None:
+      check(pending)
+    jax.block_until_ready(state)
+    if t_first_done is not None:
+      timed_steps = step - first_timed
+      timed_s = time.time() - t_first_done
+    ckpt.save(state)
+  finally:
+    ckpt.close()
+  train_s = time.time() - t_loop
+
+  complete = step >= total
+  if complete and (test_res is None or test_res["step"] != step):
+    test_res = evaluate_now(step)
+  test_res = test_res if test_res and test_res["step"] == step else {}
+  images = tc.batch_size * tc.ba_copies
+  metrics = {
+      "step": step,
+      "total_steps": total,
+      "complete": complete,
+      "epoch": step / spe,
+      "test_accuracy": test_res.get("accuracy"),
+      "test_loss": test_res.get("loss"),
+      "train_loss": last_train.get("loss"),
+      "train_accuracy": last_train.get("accuracy"),
+      "resumed_from_step": resumed_from,
+      "wall_time_s": time.time() - t_start,
+      "train_time_s": train_s,
+      "images_per_s": (timed_steps * images / timed_s if timed_s > 0
+                       else None),
+      "num_params": num_params,
+  }
+  writer.flush()
+  writer.close()
+  if complete and jax.process_index() == 0:
+    results = dict(metrics)
+    results.update({
+        "policy": {"name": policy.name, "kind": config.policy.kind,
+                   "num_layers": policy.num_layers,
+                   "summary": policy.summary(5)},
+        "model": config.model.name,
+        "dataset": {"name": dataset.name, "train_split": tc.train_split,
+                    "train_images": split.size, "test_images": test.size},
+        "devices": [str(d) for d in jax.local_devices()],
+        "jax_version": jax.__version__,
+        "jax_threefry_partitionable": bool(
+            jax.config.jax_threefry_partitionable),
+        "config": json.loads(config.to_json()) if hasattr(config, "to_json")
+                  else dict(config),
+    })
+    (workdir / "results.json").write_text(json.dumps(results, indent=1))
+  logging.info("%s: step %d/%d, test accuracy %s, %.1f s",
+               "Done" if complete else "Stopped", step, total,
+               metrics["test_accuracy"], metrics["wall_time_s"])
+  return state, metrics
+
+
+def train_and_evaluate(config, workdir) -> Dict[str, Any]:
+  """The CLI entry point: `train(config, workdir)`'s final metrics.
+
+  Args:
+    config: a full `job="train"` config.
+    workdir: output folder (see `train`).
+
+  Returns:
+    The final metrics dict (test accuracy/loss, wall time, images/s, ...).
+  """
+  _, metrics = train(config, workdir)
+  return metrics
