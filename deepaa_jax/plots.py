@@ -63,7 +63,8 @@ def policy_op_mass(path, policy, *, title=None) -> pathlib.Path:
   mass = policy.op_mass()  # [K, 18]
   names = policy.space.op_names
   cmap = plt.get_cmap("tab20")
-  fig, ax = plt.subplots(figsize=(1.2 + 0.9 * max(policy.num_layers, 1), 5))
+  # Wide enough for the legend and a two-line title however few layers.
+  fig, ax = plt.subplots(figsize=(2.8 + 0.9 * max(policy.num_layers, 1), 5))
   bottom = np.zeros(policy.num_layers)
   layers = np.arange(1, policy.num_layers + 1)
   for op, name in enumerate(names):
@@ -74,7 +75,8 @@ def policy_op_mass(path, policy, *, title=None) -> pathlib.Path:
   ax.set_ylabel("probability")
   ax.set_xticks(layers)
   ax.set_ylim(0, 1)
-  ax.set_title(title or f"{policy.name}: operation probability per layer")
+  ax.set_title(title or f"{policy.name}:\noperation probability per layer",
+               fontsize=10)
   ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
   fig.tight_layout()
   path = pathlib.Path(path)

@@ -219,8 +219,10 @@ def run_all(policies):
   config_lib.validate(probe)
   dataset = input_pipeline.load_dataset(probe.input)  # loaded once
   rows = []
-  for policy in policies:
-    for seed in range(FLAGS.seeds):
+  # Seeds outside, policies inside: an interrupted experiment has the same
+  # number of seeds for every policy.
+  for seed in range(FLAGS.seeds):
+    for policy in policies:
       workdir = root / policy / f"seed{seed}"
       results = workdir / "results.json"
       if results.exists():

@@ -84,7 +84,7 @@ def main(argv):
   pre = json.loads((workdir / "pretrain" / "results.json").read_text())
 
   FLAGS.policy_files = [f"{FOUND}={workdir / 'policy.json'}"]
-  rows, settings = low_data.run_all(list(FLAGS.compare))
+  rows, settings = low_data.run_all([FOUND] + list(FLAGS.compare))
   prefix = pathlib.Path(FLAGS.out_prefix)
   prefix.parent.mkdir(parents=True, exist_ok=True)
   table_md = prefix.parent / f"results_{prefix.name}.md"

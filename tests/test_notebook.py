@@ -13,6 +13,8 @@ def test_search_layer_notebook_runs(tmp_path, monkeypatch):
   nbformat = pytest.importorskip("nbformat")
   nbclient = pytest.importorskip("nbclient")
   monkeypatch.setenv("DEEPAA_NOTEBOOK_TINY", "1")
+  # The kernel inherits the environment: fast compiles for a tiny run.
+  monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "true")
   monkeypatch.setenv("DEEPAA_NOTEBOOK_WORKDIR", str(tmp_path))
   monkeypatch.setenv("DEEPAA_REPO", str(REPO))
   path = REPO / "experiments" / "search_layer_colab.ipynb"
