@@ -49,9 +49,10 @@ PRESETS = {
     # 64 validation images each, M = 556, E = 16, chunks of 256.
     "paper": dict(model="wrn_40_2_search", num_images=16, val_batch=64,
                   gt_samples=556, g_prefixes=16, chunk_size=256),
-    # configs/cifar10_cpu.py.
-    "cpu": dict(model="wrn_10_1_search", num_images=8, val_batch=32,
-                gt_samples=64, g_prefixes=4, chunk_size=128),
+    # configs/cifar10_cpu.py: WRN-10-1, 4 search images x 16 validation
+    # images, M = 32, E = 2, chunks of 64.
+    "cpu": dict(model="wrn_10_1_search", num_images=4, val_batch=16,
+                gt_samples=32, g_prefixes=2, chunk_size=64),
 }
 
 

@@ -23,12 +23,35 @@ flags.DEFINE_string("workdir", None, "Directory for outputs and checkpoints.")
 config_flags.DEFINE_config_file(
     "config", None, "Path to a config file (configs/*.py).", lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
+# Multi-host (TPU VM pod slices, GPU clusters): see docs/tpu.md.
+flags.DEFINE_bool(
+    "distributed", False,
+    "Call jax.distributed.initialize() before anything touches the devices "
+    "(every host runs the same command). TPU VMs, Slurm and Open MPI need no "
+    "more; elsewhere also give --coordinator_address, --num_processes and "
+    "--process_id (or JAX_COORDINATOR_ADDRESS).")
+flags.DEFINE_string("coordinator_address", None,
+                    "With --distributed: host:port of process 0.")
+flags.DEFINE_integer("num_processes", None,
+                     "With --distributed: the number of processes.")
+flags.DEFINE_integer("process_id", None,
+                     "With --distributed: this process, 0..num_processes-1.")
+
+
+def initialize_distributed() -> None:
+  """`jax.distributed.initialize` from the flags (with --distributed)."""
+  if not FLAGS.distributed:
+    return
+  jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                             num_processes=FLAGS.num_processes,
+                             process_id=FLAGS.process_id)
 
 
 def parse_flags(argv):
   """absl flag parsing and config validation; errors as one line."""
   try:
     argv = FLAGS(argv)
+    initialize_distributed()  # before validation asks for jax.device_count()
     job = FLAGS.config.get("job")
     if job not in JOBS:
       raise ValueError(f"config.job must be one of {JOBS}, got {job!r}")

@@ -35,7 +35,7 @@ PyTree = Any
 DATA = "data"  # the mesh axis the example axis is sharded over
 
 
-def make_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+def make_mesh(*, devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
   """A 1-D mesh with axis `DATA` over `devices` (default: all, all processes).
 
   `jax.devices()` lists each process's devices together, so each process
@@ -64,7 +64,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def check_divisible(value: int, field: str, *,
-                    num_devices: Optional[int] = None) -> None:
+                    num_devices: Optional[int] = None, hint: str = "") -> None:
   """Raises ValueError unless `value` splits evenly over the devices.
 
   Args:
@@ -72,16 +72,17 @@ def check_divisible(value: int, field: str, *,
     field: the config field it comes from, without "config." (named in the
       error, e.g. "search.num_images").
     num_devices: default `jax.device_count()` (all processes).
+    hint: appended to the message (another way out).
 
   Raises:
     ValueError: "config.<field>=<value> must be divisible by the number of
-      devices (<n>, jax.device_count())".
+      devices (<n>, jax.device_count()); use a multiple of <n><hint>".
   """
   n = jax.device_count() if num_devices is None else int(num_devices)
   if int(value) % n:
     raise ValueError(
         f"config.{field}={value} must be divisible by the number of devices "
-        f"({n}, jax.device_count()); use a multiple of {n}, or fewer devices")
+        f"({n}, jax.device_count()); use a multiple of {n}{hint}")
 
 
 def process_slice(n: int, mesh: Mesh) -> slice:

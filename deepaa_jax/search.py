@@ -18,7 +18,11 @@ and their validation batches, the augmentations (`space.apply_all`,
 `space.apply_chain_batch`), the gradients, the JVP rewards and the optax
 update. With `loop="scan"` one step is a single compiled function; with
 `loop="host"` (the CPU default) the backward passes run as a host loop over a
-compiled chunk function, which XLA:CPU executes 15-28x faster.
+compiled chunk function, which XLA:CPU executes 15-28x faster. On several
+devices (all devices of all processes by default, `config.data_parallel`)
+each step is data parallel over the S search images (`_sharded_step`, mesh
+from `parallel.make_mesh`) and gives the one-device result up to
+floating-point reduction order.
 
 Entry points: `search_layer(...)` trains one layer (what a notebook calls);
 `search(config, workdir)` pretrains the search network (or restores it) and
@@ -448,6 +452,19 @@ def _update(settings: StepSettings, state: LayerState, rewards: Array,
   return new_state, diagnostics
 
 
+_MAX_UNROLLED_CHUNKS = 32
+
+
+def _sharded_loop(settings: StepSettings, aug: Augmented) -> str:
+  """The chunk loop inside `_sharded_step` for one device's images."""
+  if settings.loop != "host":
+    return settings.loop
+  resolve = reward_lib._resolve_chunk  # pylint: disable=protected-access
+  chunks = sum(groups * (n // resolve(settings.chunk_size, n))
+               for groups, n in (aug.val_labels.shape, aug.g_labels.shape))
+  return "host" if chunks <= _MAX_UNROLLED_CHUNKS else "scan"
+
+
 def _sharded_step(settings: StepSettings, model: SearchModel,
                   data: SearchData, state: LayerState, key: Array,
                   earlier_probs: Array, stage1: bool):
@@ -456,11 +473,17 @@ def _sharded_step(settings: StepSettings, model: SearchModel,
   The batch is sampled from the (replicated) pools exactly as `_prepare`
   does; each device of `settings.mesh` then augments its S / n search images
   (keys from the global image index: `_augment(first=...)`), computes their
-  v, g and JVP rewards (`jax.shard_map`; the chunk loops run in-graph), and
-  the per-image rewards [S, T] (mean over prefixes) and norms are gathered
-  to every device
-  before the mean - c * std aggregate and the (replicated) Adam step. The
-  result equals `_full_step` up to floating-point reduction order.
+  v, g and JVP rewards (`jax.shard_map`), and the per-image rewards [S, T]
+  (mean over prefixes) and norms are gathered to every device before the
+  mean - c * std aggregate and the (replicated) Adam step. The result equals
+  `_full_step` up to floating-point reduction order.
+
+  The whole step is one compiled program. `settings.loop` picks how the
+  backward chunks run inside it: "scan" as a `lax.scan`, "host" unrolled
+  (the host loop of `reward.group_weighted_grads`, traced: one backward
+  pass per chunk in straight-line code), which is what XLA:CPU runs fast;
+  "host" falls back to "scan" when a device would unroll more than
+  `_MAX_UNROLLED_CHUNKS` backward passes (compile time grows with them).
   """
   mesh = settings.mesh
   per_device = settings.num_images // mesh.size
@@ -473,7 +496,8 @@ def _sharded_step(settings: StepSettings, model: SearchModel,
   def local(model, batch, k_aug, earlier_probs, probs):
     first = jax.lax.axis_index(parallel.DATA) * per_device
     aug = _augment(settings, k_aug, batch, earlier_probs, probs, first=first)
-    v_grad, g_grad = _gradients(settings, model, aug, "scan")
+    v_grad, g_grad = _gradients(settings, model, aug,
+                                _sharded_loop(settings, aug))
     rewards, cos, g_norm, v_norm = _rewards(settings, model, aug, v_grad,
                                             g_grad)
     # Mean over the E prefixes here, so only [S, T] rewards are gathered.
@@ -520,8 +544,8 @@ def layer_step(settings: StepSettings, model: SearchModel, data: SearchData,
   Args:
     settings: static settings (`step_settings(config.search, space)`). With
       `settings.mesh`, the step is data parallel over its devices (one
-      compiled step whatever `settings.loop`; see `_sharded_step`) and the
-      inputs are replicated over the mesh here (a no-op once they are).
+      compiled step, see `_sharded_step`) and the inputs are replicated over
+      the mesh here (a no-op once they are).
     model: the frozen search network.
     data: the device-resident pools.
     state: the layer's state (donated: do not reuse it).
@@ -548,6 +572,10 @@ def layer_step(settings: StepSettings, model: SearchModel, data: SearchData,
   return _finish_jit(settings, model, state, aug, v_grad, g_grad, stage1)
 
 
+_ONE_DEVICE_HINT = (", or set config.search.data_parallel=False to search "
+                    "on one device")
+
+
 def step_settings(config, space: space_lib.SearchSpace, *,
                   mesh: Optional[jax.sharding.Mesh] = None) -> StepSettings:
   """`StepSettings` from a `config.search` section (validated).
@@ -564,7 +592,7 @@ def step_settings(config, space: space_lib.SearchSpace, *,
   """
   if mesh is not None:
     parallel.check_divisible(config.num_images, "search.num_images",
-                             num_devices=mesh.size)
+                             num_devices=mesh.size, hint=_ONE_DEVICE_HINT)
   loop = config.loop
   if loop == "auto":
     loop = "host" if jax.default_backend() == "cpu" else "scan"
@@ -727,7 +755,7 @@ def default_search_config():
   c.augment_method = "auto"  # apply_chain_batch method: auto/sequential/vectorized.
   c.stop_identity_threshold = 0.0  # stop adding layers once p(Identity) >= this (0 = off).
   c.seed = 0  # PRNG seed of the search (data sampling, augmentation).
-  c.data_parallel = True  # split the num_images over all devices (if > 1); same policy as 1 device.
+  c.data_parallel = True  # split num_images over all devices (if > 1); same policy as 1 device.
   c.data_split = "official"  # pools: spec §2.2 ranges of the 50k train set, or "small" (same shares).
   c.checkpoint_every_steps = 50  # search checkpoint period (and after each layer).
   return c
@@ -837,8 +865,9 @@ def search_layers(key: Array, model: SearchModel, data: SearchData, config,
 
   Returns:
     dict with "probs" float32[K', T] (K' <= K layers found, fewer if the
-    Identity stop fired), "history" (per-step records), "costs" (per-layer
-    wall time, steps/s, peak memory), "stopped_early" (bool).
+    Identity stop fired), "history" (per-step records; empty except in
+    process 0), "costs" (per-layer wall time, steps/s, peak memory),
+    "stopped_early" (bool).
   """
   workdir = pathlib.Path(workdir)
   space = space_lib.get_space(config.space)
@@ -934,7 +963,9 @@ def search_layers(key: Array, model: SearchModel, data: SearchData, config,
       stopped_early = True
       break
   records = []
-  if log.path.exists():
+  # Process 0 writes the log (and may be rewriting it on a resume while the
+  # others get here): only it reads the history back.
+  if log.enabled and log.path.exists():
     records = [json.loads(l) for l in log.path.read_text().splitlines()
                if l.strip()]
   return {"probs": probs[:finished], "history": records, "costs": costs,
@@ -1164,7 +1195,8 @@ def validate_search_config(config) -> None:
   check(s.data_split in ("official", "small"), "search.data_split",
         "must be 'official' or 'small'", s.data_split)
   if s.get("data_parallel", True) and jax.device_count() > 1:
-    parallel.check_divisible(s.num_images, "search.num_images")
+    parallel.check_divisible(s.num_images, "search.num_images",
+                             hint=_ONE_DEVICE_HINT)
   from deepaa_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   for section in ("pretrain", "evaluate"):
     if section == "evaluate" and not config.evaluate.enabled:

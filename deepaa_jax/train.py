@@ -22,6 +22,13 @@ The train step is a pure function of (state, batch, key), compiled once:
        official GPU) -> mean cross-entropy over the B*M images
     -> gradients -> optax chain (clip, weight decay, SGD) -> new state.
 
+On several devices (all devices of all processes) the step is data parallel
+over a 1-D mesh (`parallel.py`): each process feeds only its rows of every
+global batch, each device augments its rows with the keys of their global
+example indices, BN statistics and gradients are reduced over the global
+batch, and the result equals one device's up to floating-point reduction
+order.
+
 `train_and_evaluate(config, workdir)` is the CLI entry: it loads the data,
 builds the model/policy/optimiser, resumes from the latest orbax checkpoint in
 `workdir` if there is one (with a loud warning), logs to a CLU writer and to
@@ -50,6 +57,7 @@ import optax
 from deepaa_jax import config as config_lib
 from deepaa_jax import input_pipeline
 from deepaa_jax import models
+from deepaa_jax import parallel
 from deepaa_jax import policy as policy_lib
 from deepaa_jax import space as space_lib
 
@@ -314,6 +322,45 @@ def augment_batch(key: Array, images: Array, policy: policy_lib.Policy, *,
                                  method=method)
 
 
+def augment_batch_sharded(key: Array, images: Array,
+                          policy: policy_lib.Policy, *, mesh,
+                          copies: int = 1, random_sign: bool = False,
+                          method: str = "auto") -> Array:
+  """`augment_batch` with each device augmenting only its own rows.
+
+  Inside a function compiled over `mesh` with `images` sharded over
+  `parallel.DATA`, device d holds rows [d*B/n, (d+1)*B/n) and augments copy
+  c of them with the keys of examples c*B + d*B/n + j (`apply_policy`'s
+  `offset`): the pixels equal `augment_batch`'s on one device. (GSPMD alone
+  would not split the CPU's sequential `lax.map` over examples.)
+
+  Args:
+    key: the augmentation key of the step (replicated).
+    images: uint8[B, H, W, 3], B divisible by `mesh.size`.
+    policy: the policy (static).
+    mesh: a `parallel.make_mesh` mesh.
+    copies, random_sign, method: see `augment_batch`.
+
+  Returns:
+    float32[M*B, H, W, 3], rows in `augment_batch`'s order.
+  """
+  n = images.shape[0]
+  per_device = n // mesh.size
+  spec = jax.sharding.PartitionSpec
+
+  def local(key, x):
+    first = jax.lax.axis_index(parallel.DATA) * per_device
+    return jnp.stack([policy_lib.apply_policy(
+        key, x, policy, random_sign=random_sign, method=method,
+        offset=c * n + first) for c in range(copies)])
+
+  out = jax.shard_map(local, mesh=mesh,
+                      in_specs=(spec(), spec(parallel.DATA)),
+                      out_specs=spec(None, parallel.DATA),
+                      check_vma=False)(key, jnp.asarray(images))
+  return out.reshape((copies * n,) + out.shape[2:])  # [M, B] -> [M*B]
+
+
 def cross_entropy(logits: Array, labels: Array) -> Array:
   """Per-example softmax cross-entropy: float32[N] from float[N, C], int[N]."""
   return optax.softmax_cross_entropy_with_integer_labels(
@@ -348,7 +395,7 @@ def make_train_step(model: nn.Module, policy: policy_lib.Policy,
                     mean, std, schedule: Optional[optax.Schedule] = None,
                     ba_copies: int = 1, ba_per_copy_bn: bool = True,
                     random_sign: bool = False, augment_method: str = "auto",
-                    donate: bool = True) -> Callable:
+                    donate: bool = True, mesh=None) -> Callable:
   """The compiled training step `train_step(state, batch, key)`.
 
   Args:
@@ -361,6 +408,11 @@ def make_train_step(model: nn.Module, policy: policy_lib.Policy,
     random_sign: see `augment_batch`.
     augment_method: see `augment_batch`.
     donate: donate the input state's buffers (the caller must not reuse it).
+    mesh: data parallel over this mesh (`parallel.make_mesh`): the batch
+      arrives sharded over `parallel.DATA`, each device augments its rows
+      (`augment_batch_sharded`), GSPMD splits the model's forward/backward
+      (BN statistics over the whole global batch, as on one device) and the
+      new state is replicated. None: one device.
 
   Returns:
     train_step(state, batch, key) -> (state, metrics): `batch` is
@@ -377,8 +429,13 @@ def make_train_step(model: nn.Module, policy: policy_lib.Policy,
   def train_step(state: TrainState, batch, key: Array):
     k = step_key(key, state.step)
     k_aug, k_model = jax.random.fold_in(k, 0), jax.random.fold_in(k, 1)
-    images = augment_batch(k_aug, batch["image"], policy, copies=ba_copies,
-                           random_sign=random_sign, method=augment_method)
+    if mesh is None:
+      images = augment_batch(k_aug, batch["image"], policy, copies=ba_copies,
+                             random_sign=random_sign, method=augment_method)
+    else:
+      images = augment_batch_sharded(
+          k_aug, batch["image"], policy, mesh=mesh, copies=ba_copies,
+          random_sign=random_sign, method=augment_method)
     labels = jnp.tile(batch["label"], ba_copies)
     x = input_pipeline.normalize(images, mean, std)
 
@@ -404,6 +461,9 @@ def make_train_step(model: nn.Module, policy: policy_lib.Policy,
                               batch_stats=stats, opt_state=opt_state)
     return new_state, metrics
 
+  if mesh is not None:
+    return jax.jit(train_step, donate_argnums=(0,) if donate else (),
+                   out_shardings=parallel.replicated(mesh))
   return jax.jit(train_step, donate_argnums=(0,) if donate else ())
 
 
@@ -486,14 +546,33 @@ def evaluate(eval_step: Callable, state: TrainState,
 
 
 def _put(batch, sharding):
-  return jax.device_put(batch, sharding) if sharding is not None else batch
+  """A global batch that every process holds whole, on the devices."""
+  if sharding is None:
+    return batch
+  if jax.process_count() == 1:
+    return jax.device_put(batch, sharding)
+  return parallel.shard_batch(batch, sharding.mesh)  # this process's rows
 
 
-def _abstract(tree):
-  return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype
-                                     if not hasattr(x, "dtype") else x.dtype),
-      tree)
+def _process_batches(split: input_pipeline.Split, batch_size: int, *,
+                     seed: int, epoch: int, start_step: int, rows: slice):
+  """Rows `rows` of each batch of `input_pipeline.batches` (same order,
+  drop_last=True), gathering only those rows: one process's input."""
+  input_pipeline.batches(split, batch_size, seed=seed, epoch=epoch,
+                         start_step=start_step)  # validates the arguments
+  order = input_pipeline.epoch_permutation(split.size, seed=seed, epoch=epoch)
+  for step in range(start_step, input_pipeline.steps_per_epoch(
+      split.size, batch_size, True)):
+    idx = order[step * batch_size:(step + 1) * batch_size][rows]
+    yield {"image": split.images[idx], "label": split.labels[idx]}
+
+
+def _abstract(tree, *, with_sharding: bool = False):
+  def leaf(x):
+    dtype = np.asarray(x).dtype if not hasattr(x, "dtype") else x.dtype
+    sharding = getattr(x, "sharding", None) if with_sharding else None
+    return jax.ShapeDtypeStruct(np.shape(x), dtype, sharding=sharding)
+  return jax.tree.map(leaf, tree)
 
 
 class _Checkpoints:
@@ -518,9 +597,13 @@ class _Checkpoints:
                       force=True)
     self.manager.wait_until_finished()
 
-  def restore(self, step: int, like: TrainState) -> TrainState:
+  def restore(self, step: int, like: TrainState, *,
+              with_sharding: bool = False) -> TrainState:
+    """The state at `step`, shaped like `like` (and sharded like it if
+    `with_sharding`: every process then restores its devices' copies)."""
     return self.manager.restore(
-        step, args=self._ocp.args.StandardRestore(_abstract(like)))
+        step, args=self._ocp.args.StandardRestore(
+            _abstract(like, with_sharding=with_sharding)))
 
   def close(self) -> None:
     self.manager.wait_until_finished()
@@ -695,9 +778,6 @@ def train(config, workdir, *, dataset: Optional[input_pipeline.Dataset] = None,
   """
   t_start = time.time()
   config_lib.validate(config)
-  if jax.process_count() > 1:
-    raise NotImplementedError("train() runs in a single process (any number "
-                              "of local devices).")
   tc = config.train
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -729,8 +809,11 @@ def train(config, workdir, *, dataset: Optional[input_pipeline.Dataset] = None,
   init = _jitted_init(model, tuple(dataset.image_shape))
   params0, stats0 = init(init_key)
   static = {k: v for k, v in tc.to_dict().items() if k not in _NOT_STATIC}
+  # Devices: data parallel over every device of every process (the batch
+  # split on axis 0, each process feeding its rows); None: one device.
+  mesh = parallel.make_mesh() if jax.device_count() > 1 else None
   tx_key = (model, _policy_fingerprint(policy), repr(sorted(static.items())),
-            spe, tuple(mean), tuple(std))
+            spe, tuple(mean), tuple(std), mesh)
 
   def build():
     tx = make_optimizer(tc, params0, spe)
@@ -738,7 +821,7 @@ def train(config, workdir, *, dataset: Optional[input_pipeline.Dataset] = None,
         model, policy, tx, mean=mean, std=std,
         schedule=learning_rate_schedule(tc, spe), ba_copies=tc.ba_copies,
         ba_per_copy_bn=tc.ba_per_copy_bn, random_sign=tc.random_sign,
-        augment_method=tc.augment_method)
+        augment_method=tc.augment_method, mesh=mesh)
     return tx, step
 
   tx, train_step = _cached(("train",) + tx_key, build)
@@ -748,13 +831,10 @@ def train(config, workdir, *, dataset: Optional[input_pipeline.Dataset] = None,
                      batch_stats=stats0, opt_state=tx.init(params0))
   num_params = models.count_params(params0)
 
-  # Devices: data parallel over the local devices (batch split on axis 0).
-  mesh = jax.sharding.Mesh(np.asarray(jax.local_devices()), ("data",))
-  batch_sharding = jax.sharding.NamedSharding(
-      mesh, jax.sharding.PartitionSpec("data"))
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  if jax.local_device_count() == 1:
-    batch_sharding = replicated = None
+  batch_sharding = parallel.data_sharding(mesh) if mesh is not None else None
+  if mesh is not None:  # before the restore, which then restores replicated
+    state = parallel.replicate(state, mesh)
+    run_key = parallel.replicate(run_key, mesh)
 
   # Resume.
   ckpt = _Checkpoints(workdir / "checkpoints", tc.keep_checkpoints)
@@ -762,7 +842,7 @@ def train(config, workdir, *, dataset: Optional[input_pipeline.Dataset] = None,
   resumed_from = ckpt.latest()
   if resumed_from is not None:
     _check_same_run(workdir, config)
-    state = ckpt.restore(resumed_from, state)
+    state = ckpt.restore(resumed_from, state, with_sharding=mesh is not None)
     _resume_banner(resumed_from, total, workdir, ckpt.directory)
     log.truncate_after(resumed_from)
   elif log.enabled and log.path.exists():
@@ -770,8 +850,6 @@ def train(config, workdir, *, dataset: Optional[input_pipeline.Dataset] = None,
   if jax.process_index() == 0:
     (workdir / "config.json").write_text(
         json.dumps(_flat_config(config), indent=1, default=str))
-  if replicated is not None:
-    state = jax.device_put(state, replicated)
   start = int(jax.device_get(state.step))
   end = total if stop_after_step is None else min(total, int(stop_after_step))
 
@@ -820,10 +898,18 @@ def train(config, workdir, *, dataset: Optional[input_pipeline.Dataset] = None,
   try:
     while step < end:
       epoch, offset = divmod(step, spe)
-      for batch in input_pipeline.batches(split, tc.batch_size, seed=tc.seed,
-                                          epoch=epoch, start_step=offset):
-        state, metrics = train_step(state, _put(batch, batch_sharding),
-                                    run_key)
+      if jax.process_count() > 1:  # each process reads only its rows
+        batches = _process_batches(
+            split, tc.batch_size, seed=tc.seed, epoch=epoch,
+            start_step=offset,
+            rows=parallel.process_slice(tc.batch_size, mesh))
+      else:
+        batches = input_pipeline.batches(split, tc.batch_size, seed=tc.seed,
+                                         epoch=epoch, start_step=offset)
+      for batch in batches:
+        if mesh is not None:
+          batch = parallel.from_process_local(batch, mesh, tc.batch_size)
+        state, metrics = train_step(state, batch, run_key)
         step += 1
         if pending is not None:
           check(pending)
@@ -901,6 +987,8 @@ def train(config, workdir, *, dataset: Optional[input_pipeline.Dataset] = None,
         "dataset": {"name": dataset.name, "train_split": tc.train_split,
                     "train_images": split.size, "test_images": test.size},
         "devices": [str(d) for d in jax.local_devices()],
+        "num_devices": jax.device_count(),
+        "num_processes": jax.process_count(),
         "jax_version": jax.__version__,
         "jax_threefry_partitionable": bool(
             jax.config.jax_threefry_partitionable),
