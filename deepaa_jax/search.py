@@ -1082,6 +1082,20 @@ def pretrain(config, workdir, *, dataset=None):
   return model, state.params, state.batch_stats, metrics
 
 
+def _metric_writer(logdir: pathlib.Path):
+  """CLU's default writer (TensorBoard + logging), or logging only when CLU's
+  TensorBoard dependency is missing (a warning says so)."""
+  try:
+    from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    from deepaa_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+    logging.warning("CLU metric writers unavailable (%s; they need the "
+                    "`tensorboard` package): logging scalars only.", e)
+    return train_lib._LoggingWriter()  # pylint: disable=protected-access
+  return metric_writers.create_default_writer(
+      str(logdir), just_logging=jax.process_index() > 0)
+
+
 def run(config, workdir) -> Dict[str, Any]:
   """Pretrain -> search layers 1..K -> write the policy -> (evaluate).
 
@@ -1091,7 +1105,6 @@ def run(config, workdir) -> Dict[str, Any]:
     dict with "policy_path", "probs", "costs", "pretrain" metrics and (if
     `config.evaluate.enabled`) "evaluate" metrics.
   """
-  from clu import metric_writers  # pylint: disable=g-import-not-at-top
   from deepaa_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   validate_search_config(config)
   workdir = pathlib.Path(workdir)
@@ -1104,8 +1117,7 @@ def run(config, workdir) -> Dict[str, Any]:
   search_model = make_search_model(model, params, batch_stats, mean=mean,
                                    std=std)
   data = search_data_from_splits(splits, dataset.num_classes)
-  writer = metric_writers.create_default_writer(
-      workdir / "search_tb", just_logging=jax.process_index() > 0)
+  writer = _metric_writer(workdir / "search_tb")
   result = search_layers(jax.random.key(config.search.seed), search_model,
                          data, config.search, workdir, writer=writer)
   writer.flush()
