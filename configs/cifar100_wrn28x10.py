@@ -9,22 +9,16 @@ constants (spec §4.3). CIFAR-100 images are not available offline
 fails validation until `input.npz_path` names a full CIFAR-100 archive.
 """
 
-import importlib.util
 import os
 import pathlib
 
-
-def _base():
-  path = pathlib.Path(__file__).with_name("cifar10_wrn28x10.py")
-  spec = importlib.util.spec_from_file_location("cifar10_wrn28x10", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from deepaa_jax import config as config_lib
 
 
 def get_config(policy: str = "cifar_1"):
   """`policy`: "cifar_1" (default) or "cifar_2"."""
-  config = _base().get_config(policy)
+  config = config_lib.load_config_file(
+      pathlib.Path(__file__).with_name("cifar10_wrn28x10.py"), policy)
   config.input.name = "cifar100"  # 100 classes; CIFAR-10 eval mean/std.
   config.input.npz_path = os.path.join("..", "shared", "data", "cifar100.npz")  # not shipped: pass your own.
   return config

@@ -7,21 +7,15 @@ x 8 independent augmentations per step, 35 epochs, lr 0.4, warm-up 5 +
 cosine, wd 5e-4, clip 5.
 """
 
-import importlib.util
 import pathlib
 
-
-def _base():
-  path = pathlib.Path(__file__).with_name("cifar100_wrn28x10.py")
-  spec = importlib.util.spec_from_file_location("cifar100_wrn28x10", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from deepaa_jax import config as config_lib
 
 
 def get_config(policy: str = "cifar_1"):
   """`policy`: "cifar_1" (default) or "cifar_2"."""
-  config = _base().get_config(policy)
+  config = config_lib.load_config_file(
+      pathlib.Path(__file__).with_name("cifar100_wrn28x10.py"), policy)
   config.train.ba_copies = 8  # M: 8 GPUs, each its own augmentation of the batch.
   config.train.ba_per_copy_bn = True  # BN batch statistics per GPU (128 images).
   config.train.batch_size = 128  # distinct images per step.

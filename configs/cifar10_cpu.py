@@ -17,21 +17,14 @@ with the JVP rewards, the policy files and plots -- with these reductions
   chunk            64 images per backward/JVP pass     [256]
 """
 
-import importlib.util
 import pathlib
 
-
-def _paper_config():
-  """configs/cifar10.py, loaded by path (works from any working directory)."""
-  path = pathlib.Path(__file__).with_name("cifar10.py")
-  spec = importlib.util.spec_from_file_location("deepaa_configs_cifar10", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+from deepaa_jax import config as config_lib
 
 
 def get_config():
-  config = _paper_config()
+  config = config_lib.load_config_file(
+      pathlib.Path(__file__).with_name("cifar10.py"))
   config.pretrain.model.name = "wrn_10_1_search"  # 78k params (official WRN-40-2).
   config.pretrain.train.num_epochs = 4  # (official 45).
   config.search.num_layers = 3  # (official 6).

@@ -70,6 +70,26 @@ def official_policy_path(name: str) -> str:
   return str(candidates[0].resolve())
 
 
+def load_config_file(path, *args) -> ml_collections.ConfigDict:
+  """`get_config(*args)` of a config file, loaded by its path.
+
+  Config files build on each other (`cifar10_cpu.py` on `cifar10.py`) and
+  scripts and tests load them through this, so that nothing depends on the
+  working directory or on `configs/` being importable.
+
+  Args:
+    path: a `configs/*.py`-style file defining `get_config`.
+    *args: passed to `get_config` (e.g. the policy name of the eval configs).
+  """
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  path = pathlib.Path(path)
+  spec = importlib.util.spec_from_file_location(f"deepaa_config_{path.stem}",
+                                                path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(*args)
+
+
 # ---------------------------------------------------------------------------
 # Sections.
 # ---------------------------------------------------------------------------

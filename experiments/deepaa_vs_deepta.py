@@ -70,7 +70,6 @@ Outputs: `<out_dir>/gradient_similarity.json` (per-image numbers),
 
 import datetime
 import functools
-import importlib.util
 import json
 import pathlib
 import shlex
@@ -91,6 +90,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
   sys.path.insert(0, str(REPO))
 
+from deepaa_jax import config as config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from deepaa_jax import input_pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
 from deepaa_jax import policy as policy_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from deepaa_jax import reward as reward_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -340,21 +340,12 @@ class SearchRun(NamedTuple):
   pretrain_metrics: Dict[str, Any]
 
 
-def load_config_file(path) -> Any:
-  """`get_config()` of a config file, loaded by path (as the tests do)."""
-  spec = importlib.util.spec_from_file_location("deepaa_vs_deepta_config",
-                                                str(path))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
 def search_config(search_workdir, *, config_path: Optional[str] = None):
   """(config, source): `config_path` if given, else the config saved in
   `policy.json`'s metadata (the search's own), else configs/cifar10_cpu.py."""
   import ml_collections  # pylint: disable=g-import-not-at-top
   if config_path:
-    return load_config_file(config_path), str(config_path)
+    return config_lib.load_config_file(config_path), str(config_path)
   policy = policy_lib.load_policy(pathlib.Path(search_workdir) / "policy.json")
   saved = policy.metadata.get("config")
   if isinstance(saved, dict) and "search" in saved and "pretrain" in saved:
@@ -362,7 +353,7 @@ def search_config(search_workdir, *, config_path: Optional[str] = None):
             f"{pathlib.Path(search_workdir) / 'policy.json'} (metadata.config)")
   path = REPO / "configs" / "cifar10_cpu.py"
   logging.warning("policy.json carries no config; using %s", path)
-  return load_config_file(path), str(path)
+  return config_lib.load_config_file(path), str(path)
 
 
 def load_search_run(search_workdir, scratch_dir, *,

@@ -83,12 +83,7 @@ flags.DEFINE_string("out_png", str(REPO / "docs" / "results_low_data.png"),
 
 
 def _base_config():
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location(
-      "cifar10_train_cpu", REPO / "configs" / "cifar10_train_cpu.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return config_lib.load_config_file(REPO / "configs" / "cifar10_train_cpu.py")
 
 
 def policy_files():

@@ -21,7 +21,6 @@ The low-data flags (`--epochs`, `--seeds`, `--subset`, `--workdir`, ...) are
 those of `experiments/low_data_cifar10.py`.
 """
 
-import importlib.util
 import json
 import pathlib
 import shutil
@@ -36,6 +35,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
   sys.path.insert(0, str(REPO))
 
+from deepaa_jax import config as config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from deepaa_jax import policy as policy_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from deepaa_jax import search  # pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments import low_data_cifar10 as low_data  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -53,13 +53,6 @@ flags.DEFINE_string("out_prefix", str(REPO / "docs" / "search_cifar10_cpu"),
 FOUND = "deepaa_jax_cpu_search"
 
 
-def _load_config(path):
-  spec = importlib.util.spec_from_file_location("search_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
 def run_search(path_config, workdir):
   """The search (or the finished one in `workdir`); returns its wall time."""
   workdir = pathlib.Path(workdir)
@@ -67,7 +60,7 @@ def run_search(path_config, workdir):
                                               "cost_report.json").is_file():
     print(f"Reusing the finished search in {workdir}", flush=True)
     return None
-  config = _load_config(path_config)
+  config = config_lib.load_config_file(path_config)
   search.validate_search_config(config)
   t0 = time.time()
   search.run(config, workdir)

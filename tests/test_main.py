@@ -39,13 +39,11 @@ def test_config_mistakes_are_one_line(override, expected, tmp_path):
 
 
 TINY_SEARCH_CONFIG = '''
-import importlib.util, pathlib
+import pathlib
+from deepaa_jax import config as config_lib
 def get_config():
-  spec = importlib.util.spec_from_file_location(
-      "c", pathlib.Path({repo!r}) / "configs" / "cifar10_cpu.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = config_lib.load_config_file(
+      pathlib.Path({repo!r}) / "configs" / "cifar10_cpu.py")
   config.input.name = "tiny"
   config.input.npz_path = {npz!r}
   config.pretrain.train.train_split = "pretrain_small"

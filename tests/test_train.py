@@ -7,7 +7,6 @@ end-to-end test's compilation.
 """
 
 import bisect
-import importlib.util
 import json
 import logging as py_logging
 import math
@@ -40,11 +39,7 @@ def fast_compiles():
 
 
 def load_config(name: str) -> ml_collections.ConfigDict:
-  spec = importlib.util.spec_from_file_location(
-      f"configs_{name}", REPO / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return config_lib.load_config_file(REPO / "configs" / f"{name}.py")
 
 
 @pytest.fixture(scope="module")
