@@ -26,7 +26,6 @@ Equalize/AutoContrast histograms, whose cost does not depend on the content.
 """
 
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -50,16 +49,6 @@ flags.DEFINE_string("only", None, "Internal: run one setting, print JSON.")
 flags.DEFINE_string("json_out", None, "Write the table as JSON here.")
 
 SETTINGS = ("none", "policy", "policy+BA")
-
-
-def _peak_memory_bytes() -> int:
-  try:
-    stats = jax.local_devices()[0].memory_stats() or {}
-    if "peak_bytes_in_use" in stats:
-      return int(stats["peak_bytes_in_use"])
-  except Exception:  # pylint: disable=broad-except
-    pass
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def build_setting(setting: str):
@@ -115,7 +104,8 @@ def memory_of_setting(setting: str) -> dict:
   run_one, info = build_setting(setting)
   for _ in range(FLAGS.warmup):
     run_one()
-  info["peak_memory_bytes"] = _peak_memory_bytes()
+  from deepaa_jax import search  # pylint: disable=g-import-not-at-top
+  info["peak_memory_bytes"] = search.peak_memory_bytes()
   return info
 
 

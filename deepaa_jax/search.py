@@ -802,7 +802,7 @@ def _search_state_template(num_layers: int, layer_state: LayerState):
           "layer_state": jax.device_get(layer_state)}
 
 
-def _peak_memory_bytes() -> int:
+def peak_memory_bytes() -> int:
   """Peak device memory (accelerators) or peak RSS of this process (CPU)."""
   try:
     stats = jax.local_devices()[0].memory_stats() or {}
@@ -942,7 +942,7 @@ def search_layers(key: Array, model: SearchModel, data: SearchData, config,
     costs.append({"layer": k + 1, "wall_s": wall, "steps": run_steps,
                   "steady_s_per_step": steady,
                   "first_step_s": (times[0] - start) if times else None,
-                  "peak_memory_bytes": _peak_memory_bytes(),
+                  "peak_memory_bytes": peak_memory_bytes(),
                   "device": str(jax.devices()[0])})
     if jax.process_index() == 0:
       cost_path.write_text(json.dumps(costs, indent=1))
@@ -1044,7 +1044,7 @@ def write_outputs(workdir, result: Mapping[str, Any], config) -> Dict[str, str]:
   return paths
 
 
-def _train_job_config(section, input_config, seed_offset: int = 0):
+def _train_job_config(section, input_config):
   """A `job="train"` config from a search config's pretrain/evaluate section
   (which carries no `input`: the search config's `input` governs all)."""
   import ml_collections  # pylint: disable=g-import-not-at-top
@@ -1053,7 +1053,6 @@ def _train_job_config(section, input_config, seed_offset: int = 0):
   cfg.input = ml_collections.ConfigDict(input_config.to_dict())
   if "enabled" in cfg:
     del cfg["enabled"]
-  cfg.train.seed = int(cfg.train.seed) + seed_offset
   return cfg
 
 
@@ -1075,9 +1074,11 @@ def pretrain(config, workdir, *, dataset=None):
                         pathlib.Path(workdir) / "pretrain")
   if config.pretrain_checkpoint:
     logging.info("Using the pretrained search network in %s", target)
+  if dataset is None:  # loaded here once: train() and the logits size need it
+    from deepaa_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+    dataset = input_pipeline.load_dataset(cfg.input)
   state, metrics = train_lib.train(cfg, target, dataset=dataset)
-  num_classes = int(cfg.model.num_classes) or (
-      dataset.num_classes if dataset is not None else 10)
+  num_classes = int(cfg.model.num_classes) or dataset.num_classes
   model = train_lib.build_model(cfg.model, num_classes=num_classes)
   return model, state.params, state.batch_stats, metrics
 
