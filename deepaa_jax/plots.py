@@ -133,31 +133,82 @@ def policy_magnitudes(path, policy, *, title=None) -> pathlib.Path:
   return path
 
 
-def search_history(path, records, *, title="DeepAA search") -> pathlib.Path:
-  """Per-step search diagnostics, one colour per layer: cosine similarity of
-  v and g, p(Identity), policy entropy and the expected reward.
+_WATCHED_COLORS = {"identity": "#777777", "crop": "#ee7733",
+                   "flip": "#0077bb", "cutout": "#009988"}
+
+
+def _smooth(values: Sequence[float], window: int) -> np.ndarray:
+  """Trailing moving average (the per-step rewards are noisy)."""
+  values = np.asarray(values, np.float64)
+  if window <= 1 or len(values) < 2:
+    return values
+  csum = np.cumsum(np.insert(values, 0, 0.0))
+  idx = np.arange(1, len(values) + 1)
+  lo = np.maximum(0, idx - window)
+  return (csum[idx] - csum[lo]) / (idx - lo)
+
+
+def search_history(path, records, *, title="DeepAA search",
+                   smooth: int = 10) -> pathlib.Path:
+  """Per-step search diagnostics.
+
+  Top row, one colour per layer: cosine similarity of v and g, p(Identity),
+  policy entropy, the std of the rewards over the search images. Bottom row
+  (when the records carry them, `search.WATCHED`), one colour per watched
+  transform (Identity, RandCrop, RandFlip, RandCutout) and one line style
+  per layer: the regularised reward R = mean - c * std (Eq. 10), its mean
+  part, its std part c * std, and the logit above the layer's mean logit;
+  rewards are smoothed over `smooth` steps.
 
   Args:
     path: output PNG path.
     records: dicts with "layer", "step" and the diagnostic names (the lines
       of `search_metrics.jsonl`).
+    title: figure title.
+    smooth: moving-average window of the reward panels (steps).
   """
   plt = _pyplot()
   names = [("cos_sim", "cos(v, g)"), ("p_identity", "p(Identity)"),
            ("entropy", "entropy (nats)"), ("reward_std",
                                            "std of rewards over images")]
-  fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2))
+  watched = [n for n in _WATCHED_COLORS if any(f"R_{n}" in r for r in records)]
+  rows = 2 if watched else 1
+  fig, axes = plt.subplots(rows, len(names), figsize=(4 * len(names),
+                                                      3.2 * rows),
+                           squeeze=False)
   layers = sorted({r["layer"] for r in records})
   cmap = plt.get_cmap("viridis")
-  for ax, (key, label) in zip(axes, names):
+  for ax, (key, label) in zip(axes[0], names):
     for i, layer in enumerate(layers):
-      rows = [r for r in records if r["layer"] == layer and key in r]
-      ax.plot([r["step"] for r in rows], [r[key] for r in rows],
+      rows_k = [r for r in records if r["layer"] == layer and key in r]
+      ax.plot([r["step"] for r in rows_k], [r[key] for r in rows_k],
               color=cmap(i / max(1, len(layers) - 1)), label=f"layer {layer}",
               lw=1)
     ax.set_xlabel("step")
     ax.set_title(label, fontsize=10)
-  axes[0].legend(fontsize=7)
+  axes[0][0].legend(fontsize=7)
+  if watched:
+    styles = ["-", "--", ":", "-."]
+    panels = [("R_{}", f"reward R = mean - c*std ({smooth}-step avg)", True),
+              ("R_mean_{}", "mean part of R", True),
+              ("R_std_{}", "std part c*std of R", True),
+              ("logit_{}", "logit - mean logit", False)]
+    for ax, (pattern, label, smoothed) in zip(axes[1], panels):
+      for li, layer in enumerate(layers):
+        for name in watched:
+          key = pattern.format(name)
+          rows_k = [r for r in records if r["layer"] == layer and key in r]
+          if not rows_k:
+            continue
+          values = [r[key] for r in rows_k]
+          ax.plot([r["step"] for r in rows_k],
+                  _smooth(values, smooth) if smoothed else values,
+                  color=_WATCHED_COLORS[name], ls=styles[li % len(styles)],
+                  lw=1, label=f"{name} L{layer}")
+      ax.axhline(0, color="k", lw=0.5)
+      ax.set_xlabel("step")
+      ax.set_title(label, fontsize=10)
+    axes[1][0].legend(fontsize=6, ncol=2)
   fig.suptitle(title)
   fig.tight_layout()
   path = pathlib.Path(path)

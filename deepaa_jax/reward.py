@@ -43,6 +43,9 @@ PyTree = Any
 
 LOOPS = ("scan", "host")
 NORMALIZATIONS = ("cosine", "paper")
+# How grad l(t_n x) . u is computed: forward mode (G never built) or the
+# exact Jacobian rows from jax.vmap(jax.grad), chunk by chunk.
+REWARD_METHODS = ("jvp", "jacobian")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,20 +219,47 @@ def jvp_rewards(loss: PerExampleLoss, w: PyTree, frozen: PyTree,
   return jax.lax.map(chunk_fn, xs).reshape(groups, n)
 
 
+def _per_example_grads(loss: PerExampleLoss, w: PyTree, frozen: PyTree,
+                       images: Array, labels: Array) -> PyTree:
+  """The exact Jacobian rows: a tree of w with a leading axis N,
+  `jax.vmap(jax.grad)` of the per-example loss (images float32[N, H, W, 3])."""
+  return jax.vmap(lambda x, y: jax.grad(
+      lambda p: loss(p, frozen, x[None], y[None])[0])(w))(images, labels)
+
+
 def jacobian_rewards(loss: PerExampleLoss, w: PyTree, frozen: PyTree,
-                     images: Array, labels: Array, u: PyTree) -> Array:
+                     images: Array, labels: Array, u: PyTree, *,
+                     chunk_size: int = 0) -> Array:
   """The same quantity as `jvp_rewards` from the exact per-example Jacobian.
 
-  Builds G = vmap(grad l) (one D-vector per image) and contracts it with u:
-  only for small models; the cross-check of the JVP path.
+  Builds the rows of G = vmap(grad l) (one D-vector per image), chunk by
+  chunk inside the compiled graph (`lax.map`; memory is bounded by
+  `chunk_size` x D floats, not by N), and contracts each with its group's u.
+  This is the product card's reward path (`config.search.reward =
+  "jacobian"`); `jvp_rewards` computes the same numbers without building G.
+
+  Args:
+    loss, w, frozen: as in `jvp_rewards`.
+    images: float32[G, N, H, W, 3] in [0, 255].
+    labels: int32[G, N].
+    u: tree of w with a leading axis G.
+    chunk_size: at most this many Jacobian rows at once; 0: a whole group.
+
+  Returns:
+    float32[G, N].
   """
+  groups, n = labels.shape
+  per_chunk = _resolve_chunk(chunk_size or n, n)
+  xs = (_flat_chunks(images, per_chunk), _flat_chunks(labels, per_chunk),
+        jnp.repeat(jnp.arange(groups), n // per_chunk))
 
-  def one_group(img, lab, tan):
-    per_example = jax.vmap(lambda x, y: jax.grad(
-        lambda p: loss(p, frozen, x[None], y[None])[0])(w))(img, lab)
-    return jax.vmap(lambda g: tree_dot(g, tan))(per_example)
+  def chunk_fn(chunk):
+    img, lab, gi = chunk
+    rows = _per_example_grads(loss, w, frozen, img, lab)  # [chunk, D] as trees
+    tan = jax.tree.map(lambda t: t[gi], u)
+    return jax.vmap(lambda g: tree_dot(g, tan))(rows)
 
-  return jax.vmap(one_group)(images, labels, u)
+  return jax.lax.map(chunk_fn, xs).reshape(groups, n)
 
 
 # --------------------------------------------------------------------------
@@ -289,16 +319,19 @@ def grouped(fn: Callable) -> Callable:
 
 
 @functools.partial(jax.jit, static_argnames=("loss", "chunk_size",
-                                             "normalization"))
+                                             "normalization", "method"))
 def rewards_from_gradients(loss: PerExampleLoss, w: PyTree, frozen: PyTree,
                            v: PyTree, g: PyTree, images: Array, labels: Array,
                            *, chunk_size: int,
-                           normalization: str = "cosine"):
+                           normalization: str = "cosine",
+                           method: str = "jvp"):
   """Given per-group v and g, the normalised rewards of the images.
 
   Args:
     v, g: trees with a leading group axis G.
     images: float32[G, N, H, W, 3]; labels: int32[G, N].
+    method: "jvp" (`jvp_rewards`) or "jacobian" (`jacobian_rewards`, the
+      chunked vmap(grad) Jacobian); equal up to float32 rounding.
 
   Returns:
     (rewards float32[G, N], cos float32[G], g_norm float32[G],
@@ -307,7 +340,15 @@ def rewards_from_gradients(loss: PerExampleLoss, w: PyTree, frozen: PyTree,
   u = grouped(tangent)(v, g)
   g_norm = grouped(tree_norm)(g)
   v_norm = grouped(tree_norm)(v)
-  jvp = jvp_rewards(loss, w, frozen, images, labels, u, chunk_size=chunk_size)
+  if method == "jvp":
+    jvp = jvp_rewards(loss, w, frozen, images, labels, u,
+                      chunk_size=chunk_size)
+  elif method == "jacobian":
+    jvp = jacobian_rewards(loss, w, frozen, images, labels, u,
+                           chunk_size=chunk_size)
+  else:
+    raise ValueError(f"reward method must be one of {REWARD_METHODS}, got "
+                     f"{method!r}")
   rewards = normalize_rewards(jvp, g_norm, v_norm, normalization=normalization)
   cos = grouped(tree_dot)(v, g) / (g_norm * v_norm)
   return rewards, cos, g_norm, v_norm

@@ -284,6 +284,7 @@ class StepSettings:
   adam_b2: float
   adam_eps: float
   adam_style: str  # "keras" or "optax"
+  reward: str = "jvp"  # grad l . u by "jvp" or "jacobian" (vmap(grad) rows)
   # Data parallel over the S search images on this mesh (axis
   # `parallel.DATA`); None: one device, the plain step (`_full_step`).
   mesh: Optional[jax.sharding.Mesh] = None
@@ -395,7 +396,7 @@ def _rewards(settings: StepSettings, model: SearchModel, aug: Augmented,
   return reward_lib.rewards_from_gradients(
       model.loss, model.w, model.frozen, v_grad, g_grad, aug.jvp_images,
       aug.jvp_labels, chunk_size=settings.chunk_size,
-      normalization=settings.normalization)
+      normalization=settings.normalization, method=settings.reward)
 
 
 def _finish(settings: StepSettings, model: SearchModel, state: LayerState,
@@ -422,13 +423,11 @@ def _update(settings: StepSettings, state: LayerState, rewards: Array,
   t = settings.space.size
   s = rewards.shape[0]
   per_image = rewards.reshape(s, -1, t).mean(axis=1)  # mean over prefixes
+  std_coef = settings.stage1_std_coef if stage1 else settings.std_coef
+  reward = reward_lib.regularized_reward(per_image, std_coef=std_coef)
   if stage1:
-    reward = reward_lib.regularized_reward(
-        per_image, std_coef=settings.stage1_std_coef)
     scale = settings.loss_scale_stage1
   else:
-    reward = reward_lib.regularized_reward(per_image,
-                                           std_coef=settings.std_coef)
     scale = (settings.loss_scale_stage_k if settings.loss_scale_stage_k
              is not None else float(s))
   grad = jax.grad(reward_lib.policy_loss)(state.logits, reward, scale=scale)
@@ -447,9 +446,34 @@ def _update(settings: StepSettings, state: LayerState, rewards: Array,
       "entropy": -jnp.sum(new_probs * jnp.log(new_probs + 1e-30)),
       "p_identity": new_probs[0],
       "finite": jnp.all(jnp.isfinite(logits)) & jnp.all(jnp.isfinite(reward)),
+      **_watched_diagnostics(per_image, reward, logits, std_coef),
   }
   new_state = LayerState(state.step + 1, logits, opt_state)
   return new_state, diagnostics
+
+
+# The transforms whose rewards are logged every step: Identity and the three
+# random ops that carry the official policies' deep layers (spec §5: layers
+# 2-5 of cifar_1/cifar_2 put almost all non-Identity mass on them). The same
+# indices in both spaces (ImageNet: RandCutout60, RandResizeCrop).
+WATCHED = (("identity", 0), ("flip", 136), ("cutout", 137), ("crop", 138))
+
+
+def _watched_diagnostics(per_image: Array, reward: Array, logits: Array,
+                         std_coef: float) -> Dict[str, Array]:
+  """Per watched transform n: the regularised reward R_n (Eq. 10) and its
+  two parts, mean_i r_in and c * std_i r_in, and the logit above the mean
+  logit (how far the layer has moved it). `per_image: float32[S, T]`."""
+  mean = jnp.mean(per_image, axis=0)
+  penalty = std_coef * jnp.std(per_image, axis=0)
+  centred = logits - jnp.mean(logits)
+  out = {}
+  for name, n in WATCHED:
+    out[f"R_{name}"] = reward[n]
+    out[f"R_mean_{name}"] = mean[n]
+    out[f"R_std_{name}"] = penalty[n]
+    out[f"logit_{name}"] = centred[n]
+  return out
 
 
 _MAX_UNROLLED_CHUNKS = 32
@@ -534,6 +558,7 @@ def _full_step(settings: StepSettings, model: SearchModel, data: SearchData,
 # (layers, resumes, notebooks) reuse the compilation.
 _full_step_jit = jax.jit(_full_step, static_argnums=(0, 6), donate_argnums=(3,))
 _prepare_jit = jax.jit(_prepare, static_argnums=(0,))
+_augment_jit = jax.jit(_augment, static_argnums=(0,))
 _finish_jit = jax.jit(_finish, static_argnums=(0, 6), donate_argnums=(2,))
 
 
@@ -570,6 +595,34 @@ def layer_step(settings: StepSettings, model: SearchModel, data: SearchData,
   aug = _prepare_jit(settings, data, key, earlier_probs, state.logits)
   v_grad, g_grad = _gradients(settings, model, aug, "host")
   return _finish_jit(settings, model, state, aug, v_grad, g_grad, stage1)
+
+
+def batch_rewards(settings: StepSettings, model: SearchModel, batch: Batch,
+                  key: Array, earlier_probs: Array, probs: Array):
+  """The per-image rewards of one step on a given batch (no update).
+
+  What a step aggregates with mean - c * std: stage 1 (no earlier layers)
+  r_in = d cos(v_i, g_i) / d p_n exactly; stage k the Monte-Carlo estimate
+  (Eq. 7-8), averaged over the E prefixes. For tests, notebooks and
+  benchmarks; one device, `settings.loop` picks the backward loop.
+
+  Args:
+    settings: static settings (`step_settings`).
+    model: the frozen search network.
+    batch: the S search images with their validation batches (`Batch`).
+    key: the augmentation key.
+    earlier_probs: float32[k-1, T] (k = 1: shape [0, T]).
+    probs: float32[T], the current layer.
+
+  Returns:
+    (rewards float32[S, T], cos float32[S]).
+  """
+  aug = _augment_jit(settings, key, batch, jnp.asarray(earlier_probs),
+                     jnp.asarray(probs))
+  v_grad, g_grad = _gradients(settings, model, aug, settings.loop)
+  rewards, cos, _, _ = _rewards(settings, model, aug, v_grad, g_grad)
+  s = rewards.shape[0]
+  return rewards.reshape(s, -1, settings.space.size).mean(axis=1), cos
 
 
 _ONE_DEVICE_HINT = (", or set config.search.data_parallel=False to search "
@@ -609,7 +662,8 @@ def step_settings(config, space: space_lib.SearchSpace, *,
       chunk_size=config.chunk_size, loop=loop,
       augment_method=config.augment_method, policy_lr=config.policy_lr,
       adam_b1=config.adam_b1, adam_b2=config.adam_b2,
-      adam_eps=config.adam_eps, adam_style=config.adam_style, mesh=mesh)
+      adam_eps=config.adam_eps, adam_style=config.adam_style,
+      reward=config.get("reward", "jvp"), mesh=mesh)
 
 
 # --------------------------------------------------------------------------
@@ -742,6 +796,12 @@ def default_search_config():
   c.std_coef = 1.0  # c of Eq. 10 for k >= 2 (paper and code: 1).
   c.stage1_std_coef = 0.0  # c in stage 1 (code: plain mean).
   c.normalization = "cosine"  # r / (|g||v|) = d cos / d p (code) or r / |g| (paper Eq. 5).
+  # grad l(t_n x) . u by forward-mode "jvp" (G never built) or "jacobian"
+  # (G's rows from jax.vmap(jax.grad), chunk by chunk; equal within float32).
+  # jvp is the default: on CPU (WRN-10-1, configs/cifar10_cpu.py sizes) it is
+  # measured faster (benchmarks/README.md); on GPU it is timed by
+  # benchmarks/accelerator_check.py, not yet run on one.
+  c.reward = "jvp"
   c.loss_scale_stage1 = 0.25  # mult_factor of stage 1 (code).
   c.loss_scale_stage_k = 0.0  # mult_factor of stages >= 2; 0 = num_images (code: 16).
   c.init = "identity"  # initial logits: [8, 0, ...] - mean, p(Identity)=0.956 (code), or "uniform".
@@ -1190,6 +1250,8 @@ def validate_search_config(config) -> None:
         "must be >= 0 (0: gt_samples_factor * |T|)", s.gt_samples)
   check(s.normalization in reward_lib.NORMALIZATIONS, "search.normalization",
         f"must be one of {reward_lib.NORMALIZATIONS}", s.normalization)
+  check(s.get("reward", "jvp") in reward_lib.REWARD_METHODS, "search.reward",
+        f"must be one of {reward_lib.REWARD_METHODS}", s.get("reward"))
   check(s.loop in reward_lib.LOOPS + ("auto",), "search.loop",
         f"must be one of {reward_lib.LOOPS + ('auto',)}", s.loop)
   check(s.init in ("identity", "uniform"), "search.init",

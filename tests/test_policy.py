@@ -299,3 +299,24 @@ def test_policy_plots_and_summary(tmp_path):
   for fn in (plots.policy_op_mass, plots.policy_magnitudes):
     path = fn(tmp_path / f"{fn.__name__}.png", policy)
     assert path.stat().st_size > 10_000
+
+
+def test_search_history_plot_has_the_watched_reward_row(tmp_path):
+  """The history figure gains a second row when the records carry the
+  watched rewards; the reward panels are smoothed by a trailing mean."""
+  np.testing.assert_allclose(plots._smooth([1.0, 3.0, 5.0, 7.0], 2),
+                             [1.0, 2.0, 4.0, 6.0])
+  np.testing.assert_allclose(plots._smooth([1.0, 3.0], 1), [1.0, 3.0])
+  base = [{"layer": k, "step": s, "cos_sim": 0.5, "p_identity": 0.9,
+           "entropy": 1.0, "reward_std": 0.1} for k in (1, 2)
+          for s in range(1, 6)]
+  watched = [dict(r, **{f"{part}_{n}": 0.01 * r["step"]
+                        for part in ("R", "R_mean", "R_std", "logit")
+                        for n in ("identity", "crop", "flip", "cutout")})
+             for r in base]
+  import matplotlib.image as mpimg  # pylint: disable=g-import-not-at-top
+  heights = {}
+  for name, records in (("plain", base), ("watched", watched)):
+    path = plots.search_history(tmp_path / f"{name}.png", records)
+    heights[name] = mpimg.imread(path).shape[0]
+  assert heights["watched"] > 1.7 * heights["plain"]  # two rows, not one

@@ -100,6 +100,43 @@ def test_jvp_rewards_equal_the_jacobian_contraction_float32():
   assert _rel(jvp, jac) <= 1e-4
 
 
+def test_chunked_jacobian_rows_equal_per_example_grads_by_hand_float64():
+  """`jacobian_rewards` in chunks (the search's "jacobian" path): the rows
+  it contracts are each image's own jax.grad (taken one image at a time
+  here), whatever the chunk size, and the contraction equals the JVP path."""
+  with jax.enable_x64(True):
+    loss, w, frozen = _setup(jnp.float64)
+    images, labels = _images(10, jnp.float64)
+    images, labels = images.reshape(2, 5, 32, 32, 3), labels.reshape(2, 5)
+    u = R.stack_groups([_random_tree(w, 4), _random_tree(w, 5)])
+    by_hand = np.asarray([[float(R.tree_dot(jax.grad(
+        lambda p: loss(p, frozen, images[g, j][None], labels[g, j][None])[0]
+    )(w), jax.tree.map(lambda t: t[g], u))) for j in range(5)]
+                          for g in range(2)])
+    for chunk in (1, 2, 5, 0):  # 2 does not divide 5: resolved to 1
+      got = R.jacobian_rewards(loss, w, frozen, images, labels, u,
+                               chunk_size=chunk)
+      np.testing.assert_allclose(got, by_hand, rtol=1e-10, atol=1e-14)
+    jvp = R.jvp_rewards(loss, w, frozen, images, labels, u, chunk_size=5)
+    np.testing.assert_allclose(jvp, by_hand, rtol=1e-10, atol=1e-14)
+
+
+def test_rewards_from_gradients_jacobian_method_matches_jvp_float32():
+  loss, w, frozen = _setup()
+  images, labels = _images(12, jnp.float32)
+  images, labels = images.reshape(2, 6, 32, 32, 3), labels.reshape(2, 6)
+  v = R.stack_groups([_random_tree(w, 6), _random_tree(w, 7)])
+  g = R.stack_groups([_random_tree(w, 8), _random_tree(w, 9)])
+  out = {m: R.rewards_from_gradients(loss, w, frozen, v, g, images, labels,
+                                     chunk_size=4, method=m)
+         for m in R.REWARD_METHODS}
+  assert _rel(out["jacobian"][0], out["jvp"][0]) <= 1e-4
+  np.testing.assert_array_equal(out["jacobian"][1], out["jvp"][1])  # cos
+  with pytest.raises(ValueError, match="reward method"):
+    R.rewards_from_gradients(loss, w, frozen, v, g, images, labels,
+                             chunk_size=4, method="fd")
+
+
 @pytest.mark.parametrize("loop", ["scan", "host"])
 def test_group_weighted_grads_equal_the_per_example_sum(loop):
   with jax.enable_x64(True):
