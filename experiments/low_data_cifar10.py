@@ -233,6 +233,14 @@ def write_report(rows, settings, path_md, path_png, wall_s):
           f"[{d.mean() - half:+.2f}, {d.mean() + half:+.2f}] | "
           + ", ".join(f"{x:+.2f} (seed {s})" for x, s in zip(d, seeds))
           + " |")
+  # The hand-written reading of an earlier report survives regeneration
+  # (it ends at the next "## " heading).
+  marker = "## Reading (hand-written, not generated)"
+  old = pathlib.Path(path_md).read_text() if pathlib.Path(
+      path_md).is_file() else ""
+  if marker in old:
+    reading = old.split(marker, 1)[1].split("\n## ", 1)[0]
+    lines += ["", marker + reading.rstrip("\n")]
   lines += ["", "## Settings", ""]
   lines += [f"- {k}: {v}" for k, v in settings.items() if k != "subset size"]
   total = sum(r.get("wall_s", r["train_time_s"]) for r in rows)
