@@ -13,7 +13,7 @@ ablation, and writes docs/results_search_cifar10_cpu_long.md).
 
 Where the budget goes (measured on the idle 2-core VM, WRN-10-1, steady
 s/step, stage 1 / stage k; benchmarks/README.md):
-  S=4, E=2 (cifar10_cpu.py)   3.37 / 2.35
+  S=4, E=2 (old cifar10_cpu)  3.37 / 2.35
   S=4, E=1 (this config)      2.99 / 1.35
   S=2, E=1                    1.46 / 0.60
 The JVPs over E x 139 prefixed transforms are most of a stage-k step, and a
@@ -31,8 +31,8 @@ from deepaa_jax import config as config_lib
 def get_config():
   config = config_lib.load_config_file(
       pathlib.Path(__file__).with_name("cifar10_cpu.py"))
-  config.search.steps_per_layer = 320  # (cifar10_cpu: 30; official 1024).
+  config.search.steps_per_layer = 320  # (official 1024).
   config.search.policy_lr = 0.05  # 320 x 0.05 = 16 logit units at most (official 0.025).
-  config.search.g_prefixes = 1  # E (cifar10_cpu: 2; official 16): half the stage-k cost.
+  config.search.g_prefixes = 1  # E (official 16): half the stage-k cost of E = 2.
   config.search.checkpoint_every_steps = 20  # ~1 min of work between checkpoints.
   return config

@@ -244,6 +244,13 @@ def main(argv):
       "",
   ]
   path = prefix.parent / f"results_{prefix.name}.md"
+  # A hand-written reading of an earlier report survives regeneration.
+  marker = "## Reading (hand-written, not generated)"
+  old = path.read_text() if path.is_file() else ""
+  if marker in old:
+    reading = old.split(marker, 1)[1].split("\n## ", 1)[0]
+    lines[lines.index("## Op mass per layer, beside the official policies"):
+          0] = [marker + reading.rstrip("\n"), ""]
   path.write_text("\n".join(lines))
   print(f"Wrote {path} ({(time.time() - t0) / 60:.1f} min)")
 
