@@ -83,9 +83,11 @@ flags.DEFINE_list("policy_files", [],
                   "added to --policies.")
 flags.DEFINE_string("record", str(REPO / "docs" / "results_low_data_runs.json"),
                     "Finished runs (JSON list), read to skip and appended to.")
-flags.DEFINE_list("pairs", ["found:standard", "deepaa_cifar_1:standard",
+flags.DEFINE_list("pairs", ["standard:none", "found:standard",
+                            "deepaa_cifar_1:standard",
                             "deepaa_cifar_2:standard", "found:deepta",
-                            "found_std0:standard", "found:found_std0"],
+                            "found_std0:standard", "found:found_std0",
+                            "found:deepaa_cifar_1"],
                   "Paired differences A:B over the same seeds (pairs whose "
                   "policies did not run are left out).")
 flags.DEFINE_string("short_table",
