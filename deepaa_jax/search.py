@@ -406,6 +406,12 @@ def _finish(settings: StepSettings, model: SearchModel, state: LayerState,
                                             g_grad), stage1)
 
 
+def _mean_over_prefixes(rewards: Array, num_transforms: int) -> Array:
+  """float32[S, E * T] (or [S, T]) -> float32[S, T]: each image's rewards
+  averaged over its E prefix samples (Eq. 7)."""
+  return rewards.reshape(rewards.shape[0], -1, num_transforms).mean(axis=1)
+
+
 def _update(settings: StepSettings, state: LayerState, rewards: Array,
             cos: Array, g_norm: Array, v_norm: Array, stage1: bool):
   """Aggregation over the S search images, the Adam step, diagnostics.
@@ -422,7 +428,7 @@ def _update(settings: StepSettings, state: LayerState, rewards: Array,
   """
   t = settings.space.size
   s = rewards.shape[0]
-  per_image = rewards.reshape(s, -1, t).mean(axis=1)  # mean over prefixes
+  per_image = _mean_over_prefixes(rewards, t)
   std_coef = settings.stage1_std_coef if stage1 else settings.std_coef
   reward = reward_lib.regularized_reward(per_image, std_coef=std_coef)
   if stage1:
@@ -525,7 +531,7 @@ def _sharded_step(settings: StepSettings, model: SearchModel,
     rewards, cos, g_norm, v_norm = _rewards(settings, model, aug, v_grad,
                                             g_grad)
     # Mean over the E prefixes here, so only [S, T] rewards are gathered.
-    rewards = rewards.reshape(per_device, -1, settings.space.size).mean(1)
+    rewards = _mean_over_prefixes(rewards, settings.space.size)
     return rewards, cos, g_norm, v_norm
 
   spec = jax.sharding.PartitionSpec
@@ -621,8 +627,7 @@ def batch_rewards(settings: StepSettings, model: SearchModel, batch: Batch,
                      jnp.asarray(probs))
   v_grad, g_grad = _gradients(settings, model, aug, settings.loop)
   rewards, cos, _, _ = _rewards(settings, model, aug, v_grad, g_grad)
-  s = rewards.shape[0]
-  return rewards.reshape(s, -1, settings.space.size).mean(axis=1), cos
+  return _mean_over_prefixes(rewards, settings.space.size), cos
 
 
 _ONE_DEVICE_HINT = (", or set config.search.data_parallel=False to search "

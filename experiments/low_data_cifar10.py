@@ -55,6 +55,7 @@ from absl import flags
 from absl import logging
 import jax
 import numpy as np
+from scipy import stats as scipy_stats
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -160,9 +161,19 @@ def paired_differences(rows, pairs):
   return out
 
 
-# Two-sided 95 % Student-t quantiles for n - 1 degrees of freedom.
-_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447,
-        7: 2.365, 8: 2.306, 9: 2.262}
+READING = "## Reading (hand-written, not generated)"
+
+
+def hand_written_reading(path_md) -> list:
+  """The hand-written reading section of an existing report (up to the next
+  "## " heading) as report lines, or [] -- so that regenerating a report
+  keeps it."""
+  path_md = pathlib.Path(path_md)
+  old = path_md.read_text() if path_md.is_file() else ""
+  if READING not in old:
+    return []
+  reading = old.split(READING, 1)[1].split("\n## ", 1)[0]
+  return [READING + reading.rstrip("\n")]
 
 
 def _short_table(path) -> list:
@@ -228,21 +239,17 @@ def write_report(rows, settings, path_md, path_png, wall_s):
     for a, b, d, seeds in diffs:
       n = len(d)
       sd = float(d.std(ddof=1)) if n > 1 else float("nan")
-      half = _T95.get(n - 1, 1.96) * sd / np.sqrt(n) if n > 1 else float(
-          "nan")
+      # Two-sided 95 % Student-t interval with n - 1 degrees of freedom.
+      half = (float(scipy_stats.t.ppf(0.975, n - 1)) * sd / np.sqrt(n)
+              if n > 1 else float("nan"))
       lines.append(
           f"| {a} − {b} | {d.mean():+.2f} | {sd:.2f} | "
           f"[{d.mean() - half:+.2f}, {d.mean() + half:+.2f}] | "
           + ", ".join(f"{x:+.2f} (seed {s})" for x, s in zip(d, seeds))
           + " |")
-  # The hand-written reading of an earlier report survives regeneration
-  # (it ends at the next "## " heading).
-  marker = "## Reading (hand-written, not generated)"
-  old = pathlib.Path(path_md).read_text() if pathlib.Path(
-      path_md).is_file() else ""
-  if marker in old:
-    reading = old.split(marker, 1)[1].split("\n## ", 1)[0]
-    lines += ["", marker + reading.rstrip("\n")]
+  reading = hand_written_reading(path_md)
+  if reading:
+    lines += [""] + reading
   lines += ["", "## Settings", ""]
   lines += [f"- {k}: {v}" for k, v in settings.items() if k != "subset size"]
   total = sum(r.get("wall_s", r["train_time_s"]) for r in rows)

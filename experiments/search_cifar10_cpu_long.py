@@ -40,6 +40,8 @@ from deepaa_jax import input_pipeline  # pylint: disable=g-import-not-at-top,wro
 from deepaa_jax import plots  # pylint: disable=g-import-not-at-top,wrong-import-position
 from deepaa_jax import policy as policy_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from deepaa_jax import search  # pylint: disable=g-import-not-at-top,wrong-import-position
+from deepaa_jax import space as space_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments import low_data_cifar10 as low_data  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("search_workdir", "runs/cifar10_cpu_long",
@@ -51,9 +53,9 @@ flags.DEFINE_string("out_prefix",
                     str(REPO / "docs" / "search_cifar10_cpu_long"),
                     "Prefix of the docs outputs.")
 
-WATCHED = [(name, n) for name, n in search.WATCHED]
-LABELS = {"identity": "Identity", "crop": "RandCrop", "flip": "RandFlip",
-          "cutout": "RandCutout"}
+WATCHED = search.WATCHED
+LABELS = {name: space_lib.cifar_space().transform_name(n)
+          for name, n in WATCHED}
 
 
 def run_search(config, workdir: pathlib.Path):
@@ -244,13 +246,10 @@ def main(argv):
       "",
   ]
   path = prefix.parent / f"results_{prefix.name}.md"
-  # A hand-written reading of an earlier report survives regeneration.
-  marker = "## Reading (hand-written, not generated)"
-  old = path.read_text() if path.is_file() else ""
-  if marker in old:
-    reading = old.split(marker, 1)[1].split("\n## ", 1)[0]
-    lines[lines.index("## Op mass per layer, beside the official policies"):
-          0] = [marker + reading.rstrip("\n"), ""]
+  reading = low_data.hand_written_reading(path)  # kept across regeneration
+  if reading:
+    at = lines.index("## Op mass per layer, beside the official policies")
+    lines[at:at] = reading + [""]
   path.write_text("\n".join(lines))
   print(f"Wrote {path} ({(time.time() - t0) / 60:.1f} min)")
 
