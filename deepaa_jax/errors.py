@@ -1,0 +1,49 @@
+"""The project's exception hierarchy: user and data errors, told apart from bugs.
+
+`main` catches `DeepAAError` and prints its message on one line (no
+traceback; `--verbosity=1` shows it). Anything else is a bug and keeps its
+traceback. Each class also derives from the builtin a caller would expect
+(`ValueError`, `OSError`, ...), so `except ValueError` keeps working in
+notebooks.
+"""
+
+
+class DeepAAError(Exception):
+  """A mistake in the input (config, data, files, workdir), not a bug."""
+
+
+class ConfigError(DeepAAError, ValueError):
+  """A config field has a bad value; the message names `config.<field>`."""
+
+
+class DataError(DeepAAError, ValueError):
+  """A dataset file or split is missing, unreadable, malformed or empty."""
+
+
+class DatasetNotFoundError(DataError, FileNotFoundError):
+  """The requested dataset is not available locally (nothing is downloaded)."""
+
+
+class PolicyFileError(DeepAAError, ValueError):
+  """A policy file is corrupt, truncated, or does not fit the search space."""
+
+
+class ImageContractError(DeepAAError, ValueError):
+  """Images given to a public function break its contract (rank, channels,
+  dtype, value range [0, 255], finiteness)."""
+
+
+class WorkdirError(DeepAAError, OSError):
+  """The workdir cannot be used (it is a file, not writable, ...)."""
+
+
+class ResumeRefusedError(DeepAAError, ValueError):
+  """The workdir holds a run with different settings or different data."""
+
+
+class DivergedError(DeepAAError, FloatingPointError):
+  """The loss, gradients, parameters or policy became NaN or infinite."""
+
+
+class DiskFullError(DeepAAError, OSError):
+  """No space left on the device that holds the workdir."""
