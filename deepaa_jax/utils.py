@@ -5,9 +5,26 @@ point, the orbax checkpointer, the metric writer (CLU + a JSONL file), the
 resume banner, peak memory, and quiet library logging.
 """
 
+import errno
+import json
+import logging as logging_lib
 import os
 import pathlib
+import resource
+import shutil
+import time
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from absl import logging
+from absl import logging as absl_logging
+from flax import traverse_util
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from deepaa_jax import errors
+
+PyTree = Any
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -30,3 +47,326 @@ def resolve_path(path) -> pathlib.Path:
     if (base / p).exists():
       return (base / p).resolve()
   return (pathlib.Path.cwd() / p).resolve()
+
+
+# ---------------------------------------------------------------------------
+# Workdirs.
+# ---------------------------------------------------------------------------
+
+
+def prepare_workdir(workdir) -> pathlib.Path:
+  """`workdir` as a created directory; `errors.WorkdirError` (one line) when
+  it is a file or cannot be created."""
+  path = pathlib.Path(os.path.expanduser(str(workdir)))
+  if path.exists() and not path.is_dir():
+    raise errors.WorkdirError(
+        f"--workdir {path} is a file, not a directory; pass a directory "
+        "(it is created if missing).")
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    if e.errno == errno.ENOSPC:
+      raise
+    raise errors.WorkdirError(
+        f"--workdir {path} cannot be created: {e.strerror or e}.") from e
+  if not os.access(path, os.W_OK):
+    raise errors.WorkdirError(f"--workdir {path} is not writable.")
+  return path
+
+
+def read_json(path: pathlib.Path) -> Optional[Any]:
+  """The JSON value in `path`, or None when it is missing or unreadable (a
+  file cut short by a kill is treated as absent)."""
+  try:
+    return json.loads(pathlib.Path(path).read_text())
+  except (OSError, ValueError):
+    return None
+
+
+def write_json(path: pathlib.Path, value: Any) -> None:
+  """Writes JSON atomically (temp file + rename): a kill never leaves half a
+  file behind."""
+  path = pathlib.Path(path)
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(json.dumps(value, indent=1, default=str))
+  os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------
+# Run identity.
+# ---------------------------------------------------------------------------
+
+
+def flat_config(config) -> Dict[str, Any]:
+  """{"train.batch_size": 128, ...}: the config flattened, JSON-ready."""
+  d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+  flat = traverse_util.flatten_dict(d, sep=".")
+  return json.loads(json.dumps(
+      {k: list(v) if isinstance(v, tuple) else v for k, v in flat.items()},
+      default=str))
+
+
+def run_identity(config, *, ignore: Sequence[str] = (),
+                 **content: str) -> Dict[str, Any]:
+  """What must match for a checkpoint to be resumed: every config field that
+  changes results (all but `ignore`, e.g. logging periods and file paths,
+  whose CONTENT is compared instead) and content fingerprints (`content`:
+  data=..., policy=...)."""
+  fields = {k: v for k, v in flat_config(config).items()
+            if not any(k == p or k.startswith(p + ".") for p in ignore)}
+  return {"config": fields, **{k: str(v) for k, v in content.items()}}
+
+
+def identity_differences(old: Mapping[str, Any],
+                         new: Mapping[str, Any]) -> List[str]:
+  """Human-readable differences between two `run_identity` values."""
+  diffs = []
+  for key in sorted(set(old) | set(new)):
+    if key == "config":
+      a, b = old.get("config", {}), new.get("config", {})
+      diffs += [f"config.{k}: {a.get(k)!r} -> {b.get(k)!r}"
+                for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    elif old.get(key) != new.get(key):
+      diffs.append(f"{key} content: {old.get(key)} -> {new.get(key)}")
+  return diffs
+
+
+def check_identity(saved: Optional[Mapping[str, Any]],
+                   current: Mapping[str, Any], workdir) -> None:
+  """`errors.ResumeRefusedError` when a checkpoint belongs to another run."""
+  if saved is None:
+    return
+  diffs = identity_differences(saved, current)
+  if diffs:
+    raise errors.ResumeRefusedError(
+        f"{workdir} holds a run with different settings or data, so it is not "
+        f"resumed: {'; '.join(diffs)}. To start afresh, use a new --workdir "
+        "(or delete this one).")
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints.
+# ---------------------------------------------------------------------------
+
+
+class Checkpointer:
+  """Orbax checkpoints of one job: the state and a JSON `meta` record (run
+  identity, last metrics), saved together (`ocp.args.Composite`) and
+  asynchronously; `should_save(step)` follows `save_interval_steps`.
+
+  `restore_latest` falls back past a checkpoint that does not restore (a
+  truncated file, a kill mid-write): it says so in one line, moves the bad
+  step aside to `<directory>_corrupt/<step>` for inspection and tries the
+  next older one.
+  """
+
+  def __init__(self, directory, *, keep: int = 2,
+               save_interval_steps: int = 0):
+    self.directory = pathlib.Path(directory).resolve()
+    self.manager = ocp.CheckpointManager(
+        self.directory, options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True,
+            save_interval_steps=max(int(save_interval_steps), 0) or 2**62,
+            enable_async_checkpointing=True))
+
+  def should_save(self, step: int) -> bool:
+    return bool(self.manager.should_save(step))
+
+  def all_steps(self) -> List[int]:
+    return list(self.manager.all_steps())
+
+  def save(self, step: int, state: PyTree, meta: Mapping[str, Any]) -> None:
+    """Saves (asynchronously) unless `step` is already saved. Host numpy
+    leaves are copied first: the caller may change its arrays in place."""
+    if step in self.manager.all_steps():
+      return
+    state = jax.tree.map(
+        lambda x: np.array(x) if isinstance(x, np.ndarray) else x, state)
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        meta=ocp.args.JsonSave(json.loads(json.dumps(meta, default=str)))),
+                      force=True)
+
+  def restore(self, step: int, like: PyTree, *,
+              with_sharding: bool = False) -> Tuple[PyTree, Dict[str, Any]]:
+    """(state shaped like `like`, meta) of `step`; with `with_sharding`
+    each array is restored with `like`'s sharding."""
+    def abstract(x):
+      struct = ocp.utils.to_shape_dtype_struct(
+          x if hasattr(x, "dtype") else np.asarray(x))
+      if with_sharding and hasattr(x, "sharding"):
+        struct = jax.ShapeDtypeStruct(struct.shape, struct.dtype,
+                                      sharding=x.sharding)
+      return struct
+    out = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(jax.tree.map(abstract, like)),
+        meta=ocp.args.JsonRestore()))
+    return out["state"], dict(out["meta"] or {})
+
+  def restore_latest(self, like: PyTree, *, with_sharding: bool = False):
+    """(step, state, meta) of the newest checkpoint that restores, or
+    (None, None, None) when there is none."""
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        state, meta = self.restore(step, like, with_sharding=with_sharding)
+        return step, state, meta
+      except Exception as e:  # pylint: disable=broad-except
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+          raise
+        aside = self.directory.parent / (self.directory.name + "_corrupt")
+        aside.mkdir(exist_ok=True)
+        target = aside / f"{step}.{int(time.time())}"
+        shutil.move(str(self.directory / str(step)), str(target))
+        self.manager.reload()
+        logging.warning(
+            "Checkpoint %d in %s does not restore (%s: %s); moved it to %s "
+            "and falling back to the previous one.", step, self.directory,
+            type(e).__name__, " ".join(str(e).split())[:160], target)
+    return None, None, None
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+# ---------------------------------------------------------------------------
+# Metrics and progress.
+# ---------------------------------------------------------------------------
+
+
+class JsonlWriter:
+  """A CLU MetricWriter (its interface, duck-typed: CLU imports TensorFlow,
+  which must not happen before `main` hides the GPUs from it) that appends one JSON line per `write_scalars` call:
+  {step_key: step, **scalars}. Non-scalar summaries are ignored (they go to
+  TensorBoard). `truncate_after(step)` drops the records a resumed run will
+  write again."""
+
+  def __init__(self, path, *, step_key: str = "step"):
+    self.path = pathlib.Path(path)
+    self.step_key = step_key
+
+  def truncate_after(self, step: Optional[int]) -> None:
+    """Keeps the records with step <= `step` (None: none, a fresh run)."""
+    if not self.path.exists():
+      return
+    kept = []
+    if step is not None:
+      for line in self.path.read_text().splitlines():
+        try:
+          record = json.loads(line)
+        except ValueError:  # a line cut short by a kill
+          continue
+        if record.get(self.step_key, 0) <= step:
+          kept.append(line)
+    self.path.write_text("".join(l + "\n" for l in kept))
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+    record = {self.step_key: int(step)}
+    record.update({k: v if isinstance(v, (int, str)) else float(v)
+                   for k, v in scalars.items()})
+    with self.path.open("a") as f:
+      f.write(json.dumps(record) + "\n")
+
+  def write_summaries(self, step, values, metadata=None):
+    pass
+
+  def write_images(self, step, images):
+    pass
+
+  def write_videos(self, step, videos):
+    pass
+
+  def write_audios(self, step, audios, *, sample_rate):
+    pass
+
+  def write_texts(self, step, texts):
+    pass
+
+  def write_histograms(self, step, arrays, num_buckets=None):
+    pass
+
+  def write_hparams(self, hparams):
+    pass
+
+  def flush(self):
+    pass
+
+  def close(self):
+    pass
+
+
+def metric_writer(logdir, jsonl_path, *, step_key: str = "step"):
+  """(writer, jsonl, tensorboard): one `write_scalars` call goes to the JSONL
+  file (process 0), TensorBoard and the log (CLU's default writer). The
+  JSONL writer is returned for its `truncate_after`; the TensorBoard writer
+  for `ReportProgress` (steps/s), which should not add lines to the JSONL."""
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  main_process = jax.process_index() == 0
+  tensorboard = metric_writers.create_default_writer(
+      str(logdir), just_logging=not main_process)
+  jsonl = JsonlWriter(jsonl_path, step_key=step_key)
+  writers = [tensorboard] + ([jsonl] if main_process else [])
+  return metric_writers.MultiWriter(writers), jsonl, tensorboard
+
+
+def progress_reporter(total: int, writer, every_steps: int):
+  """CLU's ReportProgress: steps/s and ETA every `every_steps` steps."""
+  from clu import periodic_actions  # pylint: disable=g-import-not-at-top
+  return periodic_actions.ReportProgress(
+      num_train_steps=total, writer=writer, every_steps=max(1, every_steps))
+
+
+def resume_banner(what: str, workdir, detail: str) -> None:
+  """A loud warning that a job resumes from a checkpoint, not from scratch."""
+  bar = "=" * 72
+  logging.warning(
+      "\n%s\nRESUMING %s from %s\n%s\nTo start afresh, use a new --workdir "
+      "or delete this one.\n%s", bar, what, workdir, detail, bar)
+
+
+def peak_memory_bytes() -> int:
+  """Peak device memory (accelerators) or peak RSS of this process (CPU)."""
+  try:
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+      return int(stats["peak_bytes_in_use"])
+  except Exception:  # pylint: disable=broad-except
+    pass
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+# ---------------------------------------------------------------------------
+# Quiet logs.
+# ---------------------------------------------------------------------------
+
+# Below WARNING, only these sources reach the console by default: the
+# project's own progress and results, and CLU's steps/s + ETA notes.
+_VISIBLE_INFO = (os.sep + "deepaa_jax" + os.sep,
+                 os.sep + "experiments" + os.sep,
+                 os.sep + os.path.join("clu", "platform") + os.sep)
+
+
+class _ProjectInfoOnly(logging_lib.Filter):
+  """Passes WARNING and above from anywhere, INFO only from `_VISIBLE_INFO`."""
+
+  def filter(self, record):
+    if record.levelno >= logging_lib.WARNING:
+      return True
+    return any(s in record.pathname for s in _VISIBLE_INFO)
+
+
+def quiet_library_logs(verbose: bool = False) -> None:
+  """Library INFO logs (orbax: ~20 lines per checkpoint; CLU's scalar log;
+  TensorFlow) off, the job's own INFO lines kept. `verbose` brings all back.
+
+  Installs one filter on the absl handler (idempotent).
+  """
+  handler = absl_logging.get_absl_handler()
+  for f in list(handler.filters):
+    if isinstance(f, _ProjectInfoOnly):
+      handler.removeFilter(f)
+  if not verbose:
+    handler.addFilter(_ProjectInfoOnly())
