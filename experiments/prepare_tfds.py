@@ -2,8 +2,8 @@ r"""Writes an npz dataset as a prepared TFDS directory (offline, no download).
 
 TFDS's own `cifar10` builder only accepts the original binary tarball, which is
 not available offline. This writes the offline npz (e.g.
-shared/data/cifar10.npz) as a prepared dataset that `tfds.load(name, data_dir=..., download=False)` and
-`--config.input.source=tfds` then read.
+shared/data/cifar10.npz) as a prepared dataset that `tfds.load(name,
+data_dir=..., download=False)` and `--config.input.source=tfds` then read.
 
 Usage (from the repository root):
 
@@ -16,7 +16,13 @@ then train/search with
 Takes about 10 s for CIFAR-10 and writes ~136 MB under DATA_DIR/cifar10/3.0.2/.
 Without --disable_shuffling the examples are stored in TFDS's own shuffled order
 (for cifar10 the order of an official TFDS build); with it, in the npz order
-(the original CIFAR order, which `official_search_splits` requires).
+(the original CIFAR order, which `official_search_splits` requires). Either
+way `input_pipeline.load_dataset` reads back the same arrays as from the npz
+(in TFDS's order when shuffled), so with --disable_shuffling the
+`Dataset.fingerprint()` of both sources is the same.
+
+`write_tfds_from_npz` is importable (`from experiments import prepare_tfds`);
+flags are defined only when this file runs as a script.
 """
 
 import os
@@ -26,53 +32,172 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
+import numpy as np
 
 # Allow `python experiments/prepare_tfds.py` without installing the package.
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
   sys.path.insert(0, str(_ROOT))
 
-from deepaa_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+# pylint: disable=g-import-not-at-top
+from deepaa_jax import errors
+from deepaa_jax import input_pipeline
+# pylint: enable=g-import-not-at-top
 
-_NPZ = flags.DEFINE_string(
-    "npz", None,
-    "npz with train_images uint8[N,H,W,3], train_labels, test_images, "
-    "test_labels (optionally label_names). "
-    "Default: ../shared/data/cifar10.npz.")
-_DATA_DIR = flags.DEFINE_string(
-    "data_dir", None, "TFDS data_dir to write into (required).")
-_NAME = flags.DEFINE_string(
-    "name", "cifar10",
-    "TFDS dataset name; 'cifar10'/'cifar100' reuse the registered feature spec "
-    "(cifar100 also needs train/test_coarse_labels in the npz).")
-_VERSION = flags.DEFINE_string(
-    "version", "3.0.2",
-    "Dataset version; must be the registered one for a registered name.")
-_DISABLE_SHUFFLING = flags.DEFINE_bool(
-    "disable_shuffling", False,
-    "Keep the npz order on disk instead of TFDS's shuffled order.")
 
-flags.mark_flag_as_required("data_dir")
+def write_tfds_from_npz(
+    npz_path: str,
+    data_dir: str,
+    *,
+    name: str = "cifar10",
+    version: str = "3.0.2",
+    disable_shuffling: bool = False,
+) -> str:
+  """Writes an npz dataset as a prepared TFDS dataset (offline; no download).
+
+  Follows the recipe tested in `shared/data/README.md`: for a registered TFDS
+  name ("cifar10", "cifar100") the registered feature spec is reused, so the
+  registered builder reads the result with `tfds.load(name, data_dir=...,
+  download=False)`. Any other name gets a generic spec {id, image, label} and
+  is read back through TFDS's read-only builder.
+
+  Args:
+    npz_path: archive with train_images uint8[N,H,W,3], train_labels int[N],
+      test_images, test_labels, optionally label_names str[C]. For "cifar100"
+      it also needs train_coarse_labels and test_coarse_labels.
+    data_dir: the TFDS data_dir to write into.
+    name: TFDS dataset name.
+    version: dataset version; must be the registered version for a registered
+      name (3.0.2 for cifar10/cifar100).
+    disable_shuffling: False writes examples in TFDS's own shuffled order (for
+      cifar10 the same order as an official TFDS build); True keeps the npz
+      order on disk.
+
+  Returns:
+    The builder directory, `data_dir/name/version`.
+
+  Raises:
+    input_pipeline.DatasetNotFoundError: `npz_path` does not exist.
+    errors.DataError: the npz is unreadable or malformed (the checks of
+      `input_pipeline.load_npz`, made before anything is written), or lacks
+      what the registered feature spec needs.
+    FileExistsError: the dataset is already prepared in `data_dir`.
+    ValueError: an unsupported registered name/version.
+  """
+  dataset, data = input_pipeline.load_npz(npz_path, name=name, field="--npz")
+  data_dir = os.path.abspath(os.path.expanduser(data_dir))
+  tfds = input_pipeline._import_tfds()  # pylint: disable=protected-access
+
+  extra = {}
+  try:
+    tfds.builder_cls(name)  # Raises for a name that no builder class has.
+    registered = tfds.builder(name)
+  except tfds.core.registered.DatasetNotFoundError:
+    registered = None
+  if registered is not None:
+    features = registered.info.features
+    if str(registered.info.version) != str(version):
+      raise ValueError(
+          f"{name!r} is a registered TFDS dataset with version "
+          f"{registered.info.version}; write it with version="
+          f"'{registered.info.version}' so tfds.load can read it.")
+    unknown = set(features.keys()) - {"id", "image", "label", "coarse_label"}
+    if unknown:
+      raise ValueError(
+          f"Registered TFDS dataset {name!r} has features {sorted(unknown)} "
+          "that an npz cannot provide; use an unregistered name instead.")
+    if tuple(features["image"].shape) != dataset.image_shape:
+      raise errors.DataError(
+          f"{name!r} images must be {tuple(features['image'].shape)}, the npz "
+          f"has {dataset.image_shape}.")
+    if "coarse_label" in features:
+      for split in ("train", "test"):
+        key = f"{split}_coarse_labels"
+        if key not in data:
+          raise errors.DataError(
+              f"TFDS {name!r} has a coarse_label feature; the npz needs "
+              f"{key}.")
+        extra[split] = {"coarse_label": np.asarray(data[key])}
+  else:
+    features = tfds.features.FeaturesDict({
+        "id": tfds.features.Text(),
+        "image": tfds.features.Image(shape=dataset.image_shape),
+        "label": tfds.features.ClassLabel(num_classes=dataset.num_classes),
+    })
+  if "label_names" in data:
+    features["label"].names = [str(n) for n in data["label_names"]]
+
+  def generate(split):
+    images = dataset.splits[split].images
+    labels = dataset.splits[split].labels
+    split_extra = extra.get(split, {})
+    for i in range(images.shape[0]):
+      # Key = original index, as TFDS's own CIFAR builder does.
+      example = {"id": f"{split}_{i:05d}", "image": images[i],
+                 "label": int(labels[i])}
+      for key, values in split_extra.items():
+        example[key] = int(values[i])
+      yield i, example
+
+  builder_dir = os.path.join(data_dir, name, str(version))
+  try:
+    tfds.dataset_builders.store_as_tfds_dataset(
+        name=name, version=str(version), features=features,
+        split_datasets={"train": generate("train"), "test": generate("test")},
+        data_dir=data_dir, disable_shuffling=disable_shuffling)
+  except RuntimeError as e:
+    if "already prepared" in str(e):
+      raise FileExistsError(
+          f"TFDS dataset {name!r} is already prepared in {builder_dir}; "
+          "delete that directory to rewrite it.") from e
+    raise
+  return builder_dir
+
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """The command-line flags (defined only when run as a script, so that
+  importing this module for `write_tfds_from_npz` registers no flags)."""
+  flags.DEFINE_string(
+      "npz", None,
+      "npz with train_images uint8[N,H,W,3], train_labels, test_images, "
+      "test_labels (optionally label_names). "
+      "Default: ../shared/data/cifar10.npz.")
+  flags.DEFINE_string(
+      "data_dir", None, "TFDS data_dir to write into (required).")
+  flags.DEFINE_string(
+      "name", "cifar10",
+      "TFDS dataset name; 'cifar10'/'cifar100' reuse the registered feature "
+      "spec (cifar100 also needs train/test_coarse_labels in the npz).")
+  flags.DEFINE_string(
+      "version", "3.0.2",
+      "Dataset version; must be the registered one for a registered name.")
+  flags.DEFINE_bool(
+      "disable_shuffling", False,
+      "Keep the npz order on disk instead of TFDS's shuffled order.")
+  flags.mark_flag_as_required("data_dir")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")
-  npz = _NPZ.value or input_pipeline.default_npz_path()
+  npz = FLAGS.npz or input_pipeline.default_npz_path()
   try:
-    builder_dir = input_pipeline.write_tfds_from_npz(
-        npz, _DATA_DIR.value, name=_NAME.value, version=_VERSION.value,
-        disable_shuffling=_DISABLE_SHUFFLING.value)
-  except (input_pipeline.DatasetNotFoundError, FileExistsError,
-          ValueError) as e:
+    builder_dir = write_tfds_from_npz(
+        npz, FLAGS.data_dir, name=FLAGS.name, version=FLAGS.version,
+        disable_shuffling=FLAGS.disable_shuffling)
+  except (errors.DeepAAError, FileExistsError, ValueError) as e:
     logging.error("%s", e)
     sys.exit(1)
   logging.info("Wrote %s", builder_dir)
   print(builder_dir)
   print(f"Use it with: --config.input.source=tfds "
-        f"--config.input.name={_NAME.value} "
-        f"--config.input.data_dir={os.path.abspath(_DATA_DIR.value)}")
+        f"--config.input.name={FLAGS.name} "
+        f"--config.input.data_dir={os.path.abspath(FLAGS.data_dir)}")
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -2,11 +2,16 @@
 
 import importlib.util
 import pathlib
+import re
+import time
 
 import numpy as np
 import pytest
 
+from deepaa_jax import errors
 from deepaa_jax import input_pipeline as ip
+from deepaa_jax import utils
+from experiments import prepare_tfds
 
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 CIFAR10_NPZ = SHARED_DATA / "cifar10.npz"
@@ -117,6 +122,102 @@ def test_from_arrays_validation(bad, match):
     y = y[:-1]
   with pytest.raises(ValueError, match=match):
     ip.from_arrays("cifar10", x, y, tx, ty)
+
+
+def test_validation_is_one_check():
+  """Split and from_arrays share one check: same rule, same DataError."""
+  x, y = _synthetic(8)
+  with pytest.raises(errors.DataError, match="Split images must be uint8"):
+    ip.Split(x.astype(np.float32), y)
+  with pytest.raises(errors.DataError, match="train images must be uint8"):
+    ip.from_arrays("cifar10", x.astype(np.float32), y, x, y)
+  with pytest.raises(errors.DataError, match="Split labels have 7 entries"):
+    ip.Split(x, y[:-1])
+  with pytest.raises(errors.DataError, match="test labels have 7 entries"):
+    ip.from_arrays("cifar10", x, y, x, y[:-1])
+  with pytest.raises(errors.DataError, match="test split is empty"):
+    ip.from_arrays("cifar10", x, y, x[:0], y[:0])
+  assert issubclass(errors.DataError, ValueError)
+  # An empty Split is allowed (a subset may be empty); a Dataset split not.
+  np.testing.assert_equal(ip.Split(x[:0], y[:0]).size, 0)
+
+
+def test_dataset_not_found_error_is_the_project_one():
+  assert ip.DatasetNotFoundError is errors.DatasetNotFoundError
+  assert issubclass(ip.DatasetNotFoundError, errors.DataError)
+  assert issubclass(ip.DatasetNotFoundError, FileNotFoundError)
+
+
+# ---------------------------------------------------------------------------
+# Fingerprint.
+# ---------------------------------------------------------------------------
+
+
+def _fingerprint_arrays():
+  x, y = _synthetic(30, hw=(4, 4))
+  tx, ty = _synthetic(10, hw=(4, 4), seed=5)
+  return x, y, tx, ty
+
+
+def test_fingerprint_same_data_same_value():
+  x, y, tx, ty = _fingerprint_arrays()
+  a = ip.from_arrays("toy", x, y, tx, ty, num_classes=10)
+  fp = a.fingerprint()
+  assert re.fullmatch("[0-9a-f]{16}", fp), fp
+  # Copies, int32 instead of int64 labels, a recomputation: the same value.
+  b = ip.from_arrays("toy", x.copy(), y.astype(np.int32), tx.copy(), ty,
+                     num_classes=10)
+  np.testing.assert_equal(b.fingerprint(), fp)
+  np.testing.assert_equal(a.fingerprint(), fp)
+  np.testing.assert_equal(a.train.fingerprint(), b.train.fingerprint())
+  # A non-contiguous view hashes as its contents.
+  wide = np.zeros((30, 4, 8, 3), np.uint8)
+  wide[:, :, ::2] = x
+  np.testing.assert_equal(ip.Split(wide[:, :, ::2], y).fingerprint(),
+                          a.train.fingerprint())
+
+
+@pytest.mark.parametrize("change", [
+    "train_pixel", "test_pixel", "train_label", "test_label", "reorder",
+    "shape", "name", "num_classes"])
+def test_fingerprint_changes_with_content(change):
+  x, y, tx, ty = _fingerprint_arrays()
+  name, num_classes = "toy", 10
+  base = ip.from_arrays(name, x, y, tx, ty, num_classes=num_classes)
+  x, y, tx, ty = x.copy(), y.copy(), tx.copy(), ty.copy()
+  if change == "train_pixel":
+    x[17, 3, 1, 2] ^= 1
+  elif change == "test_pixel":
+    tx[0, 0, 0, 0] ^= 128
+  elif change == "train_label":
+    y[5] = (y[5] + 1) % 10
+  elif change == "test_label":
+    ty[9] = (ty[9] + 3) % 10
+  elif change == "reorder":  # Two examples swapped, each with its label.
+    x[[2, 3]], y[[2, 3]] = x[[3, 2]], y[[3, 2]]
+  elif change == "shape":  # The same bytes as 2x8 images.
+    x, tx = x.reshape(30, 2, 8, 3), tx.reshape(10, 2, 8, 3)
+  elif change == "name":
+    name = "toy2"
+  elif change == "num_classes":
+    num_classes = 11
+  other = ip.from_arrays(name, x, y, tx, ty, num_classes=num_classes)
+  assert other.fingerprint() != base.fingerprint()
+  if change in ("train_pixel", "train_label", "reorder"):
+    assert other.train.fingerprint() != base.train.fingerprint()
+    np.testing.assert_equal(other.test.fingerprint(), base.test.fingerprint())
+
+
+def test_fingerprint_of_loaded_npz_and_subsets(tmp_path):
+  _write_npz(tmp_path / "toy.npz", 60, 20)
+  config = _config(name="toy", npz_path=str(tmp_path / "toy.npz"))
+  fp = ip.load_dataset(config).fingerprint()
+  np.testing.assert_equal(ip.load_dataset(config).fingerprint(), fp)
+  config.train_subset = 20
+  sub = ip.load_dataset(config).fingerprint()
+  config.subset_seed = 1
+  other_seed = ip.load_dataset(config).fingerprint()
+  assert len({fp, sub, other_seed}) == 3
 
 
 # ---------------------------------------------------------------------------
@@ -245,7 +346,7 @@ def test_random_subset_errors():
   split = _index_split(100)
   with pytest.raises(ValueError, match="subset size"):
     ip.random_subset(split, 101, seed=0)
-  with pytest.raises(ValueError, match="only 10 exist"):
+  with pytest.raises(errors.DataError, match="has only 10; set class_balanced"):
     ip.random_subset(split, 99, seed=0, num_classes=9)
 
 
@@ -314,13 +415,19 @@ def test_normalization_constants():
 # ---------------------------------------------------------------------------
 
 
-def test_default_config_fields():
+@requires_data
+def test_default_config_loads_the_shared_cifar10_from_any_cwd(tmp_path,
+                                                              monkeypatch):
+  """The untouched default `config.input`, built and loaded outside the
+  repository root, finds ../shared/data/cifar10.npz beside the checkout and
+  loads the whole of it: the pinned fingerprint of that file (see
+  `test_fingerprint_real_cifar10_pinned_and_fast`)."""
+  monkeypatch.chdir(tmp_path)
   config = ip.default_input_config()
-  assert config.name == "cifar10" and config.source == "npz"
-  assert config.npz_path.endswith("cifar10.npz")
-  assert pathlib.Path(config.npz_path).is_absolute()
-  assert config.data_dir is None
-  assert config.train_subset == 0 and config.subset_seed == 0
+  assert pathlib.Path(config.npz_path).samefile(CIFAR10_NPZ)
+  ds = ip.load_dataset(config)
+  assert ds.splits.keys() == {"train", "test"}
+  np.testing.assert_equal(ds.fingerprint(), "339503e3d24bb584")
 
 
 def test_load_npz_synthetic_with_subset(tmp_path):
@@ -356,13 +463,49 @@ def test_cifar100_with_cifar10_npz_raises(tmp_path):
 
 
 def test_bad_source_raises():
-  with pytest.raises(ValueError, match="'npz' or 'tfds'"):
+  with pytest.raises(errors.ConfigError, match="'npz' or 'tfds'"):
     ip.load_dataset(_config(source="http"))
+  with pytest.raises(errors.ConfigError, match="config.input.train_subset"):
+    ip.load_dataset(_config(train_subset=-1))
+  with pytest.raises(errors.ConfigError, match="config.input.subset_seed"):
+    ip.load_dataset(_config(train_subset=10, subset_seed=-1))
 
 
-@requires_data
-def test_load_real_cifar10():
-  ds = ip.load_dataset(_config(npz_path=str(CIFAR10_NPZ)))
+def test_default_npz_path_uses_resolve_path(tmp_path, monkeypatch):
+  """From any cwd, the one lookup (cwd, then the repository root) decides."""
+  monkeypatch.chdir(tmp_path)
+  want = utils.resolve_path(pathlib.Path("..") / "shared" / "data" /
+                            "cifar10.npz")
+  np.testing.assert_equal(ip.default_npz_path(), str(want))
+  assert pathlib.Path(ip.default_npz_path()).is_absolute()
+
+
+def test_load_npz_returns_every_array_and_names_the_field(tmp_path):
+  arrays = _write_npz(tmp_path / "toy.npz", 20, 10, num_classes=4)
+  dataset, got = ip.load_npz(tmp_path / "toy.npz", name="toy")
+  np.testing.assert_equal(sorted(got), sorted(arrays))
+  np.testing.assert_array_equal(got["label_names"], arrays["label_names"])
+  np.testing.assert_equal(dataset.num_classes, 4)
+  missing = tmp_path / "nope.npz"
+  with pytest.raises(ip.DatasetNotFoundError,
+                     match="pass --npz=/path/to/file.npz") as info:
+    ip.load_npz(missing, field="--npz")
+  assert "config.input.npz_path" not in str(info.value)
+  np.savez(tmp_path / "keys.npz", train_images=arrays["train_images"])
+  with pytest.raises(errors.DataError, match="lacks keys") as info:
+    ip.load_npz(tmp_path / "keys.npz")
+  assert str(tmp_path / "keys.npz") in str(info.value)
+
+
+@pytest.fixture(scope="module")
+def real_cifar10():
+  if not CIFAR10_NPZ.is_file():
+    pytest.skip(f"offline CIFAR-10 data not present at {CIFAR10_NPZ}")
+  return ip.load_dataset(_config(npz_path=str(CIFAR10_NPZ)))
+
+
+def test_load_real_cifar10(real_cifar10):
+  ds = real_cifar10
   assert ds.name == "cifar10" and ds.num_classes == 10
   assert ds.image_shape == (32, 32, 3)
   train, test = ds.splits["train"], ds.splits["test"]
@@ -377,6 +520,17 @@ def test_load_real_cifar10():
     np.testing.assert_array_equal(exact["all_test_labels"], test.labels)
   splits = ip.official_search_splits(train)
   assert splits["val"].size == 10_000 and splits["search"].size == 35_000
+
+
+def test_fingerprint_real_cifar10_pinned_and_fast(real_cifar10):
+  """The value is pinned (run identities depend on it staying the same) for
+  shared/data/cifar10.npz (sha256 50a74a82...); 60,000 images hash in ~0.3 s
+  on one core (bound loose for busy CI machines)."""
+  start = time.perf_counter()
+  fp = real_cifar10.fingerprint()
+  seconds = time.perf_counter() - start
+  np.testing.assert_equal(fp, "339503e3d24bb584")
+  assert seconds < 2.0, seconds
 
 
 @requires_data
@@ -398,8 +552,8 @@ def test_tfds_round_trip(tmp_path):
   npz = tmp_path / "small.npz"
   arrays = _write_npz(npz, 64, 32, hw=(32, 32))
   data_dir = tmp_path / "tfds"
-  builder_dir = ip.write_tfds_from_npz(str(npz), str(data_dir), name="cifar10",
-                                       disable_shuffling=True)
+  builder_dir = prepare_tfds.write_tfds_from_npz(
+      str(npz), str(data_dir), name="cifar10", disable_shuffling=True)
   assert pathlib.Path(builder_dir) == data_dir / "cifar10" / "3.0.2"
   assert (pathlib.Path(builder_dir) / "dataset_info.json").is_file()
   ds = ip.load_dataset(_config(source="tfds", data_dir=str(data_dir)))
@@ -409,8 +563,12 @@ def test_tfds_round_trip(tmp_path):
     assert got.images.dtype == np.uint8 and got.labels.dtype == np.int32
     np.testing.assert_array_equal(got.images, arrays[f"{split}_images"])
     np.testing.assert_array_equal(got.labels, arrays[f"{split}_labels"])
+  # The same arrays, read from TFDS or the npz: the same fingerprint.
+  np.testing.assert_equal(
+      ds.fingerprint(),
+      ip.load_dataset(_config(npz_path=str(npz))).fingerprint())
   with pytest.raises(FileExistsError, match="already prepared"):
-    ip.write_tfds_from_npz(str(npz), str(data_dir), name="cifar10")
+    prepare_tfds.write_tfds_from_npz(str(npz), str(data_dir), name="cifar10")
 
 
 @requires_tf
@@ -418,8 +576,8 @@ def test_tfds_round_trip_unregistered_name_shuffled(tmp_path):
   npz = tmp_path / "toy.npz"
   arrays = _write_npz(npz, 40, 12, num_classes=4, hw=(6, 5))
   data_dir = tmp_path / "tfds"
-  ip.write_tfds_from_npz(str(npz), str(data_dir), name="deepaa_toy",
-                         version="1.0.0")
+  prepare_tfds.write_tfds_from_npz(str(npz), str(data_dir),
+                                   name="deepaa_toy", version="1.0.0")
   ds = ip.load_dataset(_config(name="deepaa_toy", source="tfds",
                                data_dir=str(data_dir)))
   assert ds.num_classes == 4 and ds.image_shape == (6, 5, 3)
@@ -429,6 +587,9 @@ def test_tfds_round_trip_unregistered_name_shuffled(tmp_path):
           for i in range(40)}
   got = {train.images[i].tobytes(): train.labels[i] for i in range(40)}
   assert got == want
+  # Another order is other data for run identity.
+  from_npz = ip.load_dataset(_config(name="deepaa_toy", npz_path=str(npz)))
+  assert ds.fingerprint() != from_npz.fingerprint()
 
 
 @requires_tf
