@@ -189,8 +189,9 @@ def section_search(sizes, deadline):
   space = S.cifar_space()
   model = _search_model(sizes["search_model"])
   images, labels = _images(2000), np.arange(2000) % 10
-  data = SE.make_search_data(images[:1000], labels[:1000], images[1000:],
-                             labels[1000:], 10)
+  data = SE.make_search_data(
+      ip.Split(images[:1000], labels[:1000]),
+      ip.Split(images[1000:], labels[1000:]), 10)
   rows = []
   for method in R.REWARD_METHODS:
     config = SE.default_search_config()

@@ -85,8 +85,9 @@ def _search_rows(n: int):
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (1000, 32, 32, 3), dtype=np.uint8)
   labels = np.arange(1000) % 10
-  data = SE.make_search_data(images[:500], labels[:500], images[500:],
-                             labels[500:], 10)
+  data = SE.make_search_data(
+      ip.Split(images[:500], labels[:500]),
+      ip.Split(images[500:], labels[500:]), 10)
   config = SE.default_search_config()
   config.num_images = FLAGS.num_images
   config.val_batch = FLAGS.val_batch

@@ -105,8 +105,9 @@ def main(argv):
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (2000, 32, 32, 3), dtype=np.uint8)
   labels = np.arange(2000) % 10
-  data = SE.make_search_data(images[:1000], labels[:1000], images[1000:],
-                             labels[1000:], 10)
+  data = SE.make_search_data(
+      ip.Split(images[:1000], labels[:1000]),
+      ip.Split(images[1000:], labels[1000:]), 10)
   config = SE.default_search_config()
   for key in ("num_images", "val_batch", "gt_samples", "g_prefixes",
               "chunk_size"):

@@ -20,6 +20,7 @@ official code, which produced the shipped policies:
 
 import ml_collections
 
+from deepaa_jax import config as config_lib
 from deepaa_jax import input_pipeline
 from deepaa_jax import search
 
@@ -28,8 +29,8 @@ def get_config():
   config = ml_collections.ConfigDict()
   config.job = "search"  # main.py dispatch: pretrain -> search -> policy -> (evaluate).
   config.input = input_pipeline.default_input_config()  # CIFAR-10 (npz or TFDS); governs all stages.
-  config.pretrain = search.default_pretrain_config()  # the search network's training (spec §2.3).
+  config.pretrain = config_lib.default_pretrain_config()  # the search network's training (spec §2.3).
   config.pretrain_checkpoint = ""  # reuse an existing pretraining workdir instead of training.
   config.search = search.default_search_config()  # the policy search (spec §2.4-§2.10).
-  config.evaluate = search.default_evaluate_config()  # WRN-28-10 with the found policy (off).
+  config.evaluate = config_lib.default_evaluate_config()  # WRN-28-10 with the found policy (off).
   return config

@@ -21,12 +21,24 @@ field and the allowed values, before anything is compiled.
 `num_epochs` / `num_steps` into a step count (big_vision `utils.steps`).
 """
 
+import difflib
+import importlib.util
+import math
 import os
 import pathlib
-import re
-from typing import Any, Optional, Sequence
+from typing import Any, List, Optional, Sequence, Tuple
 
+from flax import traverse_util
+import jax
 import ml_collections
+
+from deepaa_jax import errors
+from deepaa_jax import input_pipeline
+from deepaa_jax import models
+from deepaa_jax import parallel
+from deepaa_jax import policy as policy_lib
+from deepaa_jax import reward as reward_lib
+from deepaa_jax import utils
 
 SCHEDULES = ("cosine", "step")
 DECAY_MASKS = ("non_bn", "keras")
@@ -35,11 +47,6 @@ AUGMENT_METHODS = ("auto", "sequential", "vectorized")
 NORMALIZATIONS = ("eval", "search")
 POLICY_SPACES = ("cifar", "imagenet")
 INPUT_SOURCES = ("npz", "tfds")
-# WideResNets of any depth 6n+4 and width k, beyond the registered names:
-# "wrn_16_4" is WRN-16-4 (PyTorch eval flavour), "wrn_16_4_search" the Keras.
-_WRN_PATTERN = re.compile(r"^wrn_(\d+)_(\d+)(_search)?$")
-
-_REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 _OFFICIAL_POLICY_DIR = os.path.join("..", "shared", "official_policies")
 
 
@@ -63,11 +70,7 @@ def official_policy_path(name: str) -> str:
     An absolute path string (the file may not exist).
   """
   relative = os.path.join(_OFFICIAL_POLICY_DIR, f"policy_DeepAA_{name}.npz")
-  candidates = [pathlib.Path.cwd() / relative, _REPO_ROOT / relative]
-  for candidate in candidates:
-    if candidate.is_file():
-      return str(candidate.resolve())
-  return str(candidates[0].resolve())
+  return str(utils.resolve_path(relative))
 
 
 def load_config_file(path, *args) -> ml_collections.ConfigDict:
@@ -81,7 +84,6 @@ def load_config_file(path, *args) -> ml_collections.ConfigDict:
     path: a `configs/*.py`-style file defining `get_config`.
     *args: passed to `get_config` (e.g. the policy name of the eval configs).
   """
-  import importlib.util  # pylint: disable=g-import-not-at-top
   path = pathlib.Path(path)
   spec = importlib.util.spec_from_file_location(f"deepaa_config_{path.stem}",
                                                 path)
@@ -100,6 +102,7 @@ def model_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.name = "wrn_28_10"  # models.MODEL_NAMES, or "wrn_<depth>_<k>[_search]" for any WRN.
   c.num_classes = 0  # logits; 0 = the dataset's number of classes.
+  c.lock()  # a typo inside a config file fails like one on the command line
   return c
 
 
@@ -110,6 +113,7 @@ def policy_config() -> ml_collections.ConfigDict:
   c.path = official_policy_path("cifar_1")  # npz (official) or JSON (file) policy; other kinds ignore it.
   c.num_layers = 6  # K for kind="deepta" (paper §4.4: 6 uniform layers).
   c.space = "cifar"  # transform set the policy is over: "cifar" or "imagenet".
+  c.lock()  # a typo inside a config file fails like one on the command line
   return c
 
 
@@ -156,12 +160,12 @@ def train_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 2  # orbax max_to_keep.
   c.log_every_steps = 100  # training-metric logging period (metrics.jsonl, CLU writer).
   c.seed = 0  # PRNG seed: init, data order (seed, epoch) and augmentation keys.
+  c.lock()  # a typo inside a config file fails like one on the command line
   return c
 
 
 def base_config() -> ml_collections.ConfigDict:
   """A complete `job="train"` config with all sections at their defaults."""
-  from deepaa_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   config = ml_collections.ConfigDict()
   config.job = "train"  # main.py dispatch.
   config.model = model_config()
@@ -203,6 +207,42 @@ def search_pretraining_config() -> ml_collections.ConfigDict:
   return config
 
 
+def default_pretrain_config() -> ml_collections.ConfigDict:
+  """`config.pretrain` of a search config: the official search-network
+  pretraining (spec §2.3).
+
+  `search_pretraining_config()` without its `input` section (the search
+  config's `input` governs every stage): WRN-40-2 (Keras variant) on
+  train[0:5000] (the paper says 4,000 random images), 45 epochs of batch 128,
+  crop + flip + cutout, Nesterov SGD with cosine 0.1 -> 1e-7 and no warm-up,
+  global-norm clipping 5 of the gradient of loss + L2 (Keras), weight decay
+  5e-4 on conv kernels, conv biases and the dense kernel.
+  """
+  c = search_pretraining_config()
+  del c["input"]
+  del c["job"]
+  c.policy.path = ""  # kind "standard_cutout" needs no file.
+  c.lock()
+  return c
+
+
+def default_evaluate_config() -> ml_collections.ConfigDict:
+  """`config.evaluate` of a search config: train an evaluation model with the
+  found policy.
+
+  Defaults to the paper's CIFAR evaluation (WRN-28-10, 200 epochs, spec
+  §4.4), disabled (`enabled=False`) because it is a long job of its own.
+  """
+  c = base_config()
+  del c["input"]
+  del c["job"]
+  c.enabled = False  # train an evaluation model after the search.
+  c.policy.kind = "file"  # set to the found policy by `search_job.run`.
+  c.policy.path = ""
+  c.lock()
+  return c
+
+
 # ---------------------------------------------------------------------------
 # Durations.
 # ---------------------------------------------------------------------------
@@ -236,151 +276,182 @@ def total_steps(train: Any, steps_per_epoch: int) -> int:
 
 
 # ---------------------------------------------------------------------------
-# Validation.
+# Validation: once per job, before any data is loaded or anything compiled.
 # ---------------------------------------------------------------------------
 
-
-def is_known_model(name: str) -> bool:
-  """Whether `build_model` (train.py) can build `name`."""
-  from deepaa_jax import models  # pylint: disable=g-import-not-at-top
-  if name in models.MODEL_NAMES:
-    return True
-  match = _WRN_PATTERN.match(name)
-  return bool(match) and (int(match.group(1)) - 4) % 6 == 0 and int(
-      match.group(1)) >= 10 and int(match.group(2)) >= 1
-
-
-def wrn_spec(name: str) -> Optional[tuple]:
-  """(depth, widen_factor, variant) for a "wrn_<d>_<k>[_search]" name."""
-  match = _WRN_PATTERN.match(name)
-  if not match:
-    return None
-  return (int(match.group(1)), int(match.group(2)),
-          "search" if match.group(3) else "eval")
+# The sections each job reads; anything else at the top level is a typo.
+_JOB_SECTIONS = {
+    "train": ("job", "model", "policy", "train", "input"),
+    "search": ("job", "input", "pretrain", "pretrain_checkpoint", "search",
+               "evaluate"),
+    "demo": None,  # the demo config is free-form
+}
 
 
 def _one_of(field: str, value: Any, allowed: Sequence[Any]) -> None:
   if value not in allowed:
-    raise ValueError(
+    raise errors.ConfigError(
         f"{field} must be one of {tuple(allowed)}, got {value!r}")
 
 
 def _check(condition: bool, field: str, requirement: str, value: Any) -> None:
   if not condition:
-    raise ValueError(f"{field} must be {requirement}, got {value!r}")
+    raise errors.ConfigError(f"{field} must be {requirement}, got {value!r}")
+
+
+def _check_finite(config, prefix: str = "config") -> None:
+  """Every float field finite: `inf` passes `> 0` checks and fails late."""
+  for key, value in flat_items(config):
+    if isinstance(value, float) and not math.isfinite(value):
+      raise errors.ConfigError(
+          f"{prefix}.{key} must be a finite number, got {value!r}")
+
+
+def flat_items(config):
+  """(dotted key, value) of every leaf of a ConfigDict."""
+  d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+  return traverse_util.flatten_dict(d, sep=".").items()
+
+
+def _check_sections(config, job: str) -> None:
+  allowed = _JOB_SECTIONS.get(job)
+  if allowed is None:
+    return
+  for key in config.keys():
+    if key not in allowed:
+      close = difflib.get_close_matches(key, allowed, n=1)
+      hint = f"; did you mean config.{close[0]}?" if close else ""
+      raise errors.ConfigError(
+          f"config.{key} is not a field of a job={job!r} config (fields: "
+          f"{', '.join(allowed)}){hint}")
+  for key in allowed:
+    if key not in config:
+      raise errors.ConfigError(
+          f"config.{key} is missing from this job={job!r} config; build it "
+          "from deepaa_jax.config (see configs/).")
 
 
 def validate(config) -> None:
-  """Semantic checks of a `job="train"` config; cheap, before any compile.
+  """Semantic checks of a whole config, by `config.job`; cheap, before any
+  data is loaded or anything is compiled.
 
-  Unknown field names are already rejected by the ConfigDict lock; this
-  checks values: positive sizes, known names, consistent durations, batch
-  sizes divisible by the device count, files that must exist.
-
-  Args:
-    config: the whole config (sections model, policy, train, input).
+  Unknown field names are rejected by the ConfigDict lock (sections are
+  locked when built, so a typo inside a config file's `get_config` fails
+  too) and here for top-level sections; this checks values: finite numbers,
+  positive sizes, known names, consistent durations, batch sizes divisible
+  by the device count, files that must exist.
 
   Raises:
-    ValueError: the first problem found; the message names the field
-      (`config.train.schedule ...`) and the allowed values.
+    errors.ConfigError: the first problem found; the message names the
+      field (`config.train.schedule ...`) and the allowed values.
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  from deepaa_jax import models  # pylint: disable=g-import-not-at-top
-  from deepaa_jax import policy as policy_lib  # pylint: disable=g-import-not-at-top
+  job = config.get("job", "train")
+  _one_of("config.job", job, tuple(_JOB_SECTIONS))
+  _check_sections(config, job)
+  _check_finite(config)
+  if job == "train":
+    _validate_train(config)
+  elif job == "search":
+    _validate_search(config)
 
-  for section in ("model", "policy", "train", "input"):
-    if section not in config:
-      raise ValueError(f"config.{section} is missing; build the config from "
-                       "deepaa_jax.config.base_config().")
+
+def _validate_train(config, prefix: str = "config") -> None:
+  """The checks of a `job="train"` config. `prefix` names the section where
+  the user sets these fields (a search's "config.pretrain")."""
   m, p, t, i = config.model, config.policy, config.train, config.input
+  name = lambda section, field: (  # pylint: disable=g-long-lambda
+      f"config.input.{field}" if section == "input" else
+      f"{prefix}.{section}.{field}")
 
   # Model.
-  if not is_known_model(m.name):
-    raise ValueError(
-        f"config.model.name must be one of {models.MODEL_NAMES} or "
+  if not models.is_known_model(m.name):
+    raise errors.ConfigError(
+        f"{name('model', 'name')} must be one of {models.MODEL_NAMES} or "
         f"'wrn_<depth>_<k>[_search]' with depth = 6n+4 >= 10, got {m.name!r}")
-  _check(m.num_classes >= 0, "config.model.num_classes",
+  _check(m.num_classes >= 0, name("model", "num_classes"),
          ">= 0 (0 = from the dataset)", m.num_classes)
 
   # Policy.
-  _one_of("config.policy.kind", p.kind, policy_lib.KINDS)
-  _one_of("config.policy.space", p.space, POLICY_SPACES)
+  _one_of(name("policy", "kind"), p.kind, policy_lib.KINDS)
+  _one_of(name("policy", "space"), p.space, POLICY_SPACES)
   if p.kind in ("official", "file"):
     if not p.path:
-      raise ValueError(f"config.policy.path is required for "
-                       f"config.policy.kind={p.kind!r}")
-    if not pathlib.Path(os.path.expanduser(p.path)).is_file():
-      raise ValueError(f"config.policy.path: no policy file at {p.path!r} "
-                       f"(needed by config.policy.kind={p.kind!r})")
+      raise errors.ConfigError(
+          f"{name('policy', 'path')} is required for "
+          f"{name('policy', 'kind')}={p.kind!r}")
+    if not utils.resolve_path(p.path).is_file():
+      raise errors.ConfigError(
+          f"{name('policy', 'path')}: no policy file at {p.path!r} (needed "
+          f"by {name('policy', 'kind')}={p.kind!r})")
   if p.kind == "deepta":
-    _check(p.num_layers >= 1, "config.policy.num_layers", ">= 1",
+    _check(p.num_layers >= 1, name("policy", "num_layers"), ">= 1",
            p.num_layers)
 
   # Duration.
-  _check(t.num_epochs >= 0, "config.train.num_epochs", ">= 0", t.num_epochs)
-  _check(t.num_steps >= 0, "config.train.num_steps", ">= 0", t.num_steps)
+  _check(t.num_epochs >= 0, name("train", "num_epochs"), ">= 0", t.num_epochs)
+  _check(t.num_steps >= 0, name("train", "num_steps"), ">= 0", t.num_steps)
   if (t.num_epochs > 0) == (t.num_steps > 0):
-    raise ValueError(
-        "Exactly one of config.train.num_epochs and config.train.num_steps "
-        f"must be > 0 (the other 0), got num_epochs={t.num_epochs}, "
-        f"num_steps={t.num_steps}")
+    raise errors.ConfigError(
+        f"Exactly one of {name('train', 'num_epochs')} and "
+        f"{name('train', 'num_steps')} must be > 0 (the other 0), got "
+        f"num_epochs={t.num_epochs}, num_steps={t.num_steps}")
 
   # Batch sizes and devices.
   n_dev = jax.device_count()
   for field in ("batch_size", "eval_batch_size"):
     value = t[field]
-    _check(isinstance(value, int) and value > 0, f"config.train.{field}",
+    _check(isinstance(value, int) and value > 0, name("train", field),
            "a positive integer", value)
     if value % n_dev:
-      raise ValueError(
-          f"config.train.{field}={value} must be divisible by the number of "
-          f"devices ({n_dev}, jax.device_count())")
-  _check(t.ba_copies >= 1, "config.train.ba_copies", ">= 1 (1 = no BA)",
+      raise errors.ConfigError(
+          f"{name('train', field)}={value} must be divisible by the number "
+          f"of devices ({n_dev}, jax.device_count())")
+  _check(t.ba_copies >= 1, name("train", "ba_copies"), ">= 1 (1 = no BA)",
          t.ba_copies)
 
   # Learning rate.
-  _check(t.learning_rate > 0, "config.train.learning_rate", "> 0",
+  _check(t.learning_rate > 0, name("train", "learning_rate"), "> 0",
          t.learning_rate)
-  _one_of("config.train.schedule", t.schedule, SCHEDULES)
-  _check(t.warmup_epochs >= 0, "config.train.warmup_epochs", ">= 0",
+  _one_of(name("train", "schedule"), t.schedule, SCHEDULES)
+  _check(t.warmup_epochs >= 0, name("train", "warmup_epochs"), ">= 0",
          t.warmup_epochs)
-  _check(t.warmup_init_lr >= 0, "config.train.warmup_init_lr", ">= 0",
+  _check(t.warmup_init_lr >= 0, name("train", "warmup_init_lr"), ">= 0",
          t.warmup_init_lr)
-  _check(0 <= t.min_lr <= t.learning_rate, "config.train.min_lr",
+  _check(0 <= t.min_lr <= t.learning_rate, name("train", "min_lr"),
          f"in [0, learning_rate={t.learning_rate}]", t.min_lr)
   if t.num_epochs > 0:
-    _check(t.warmup_epochs < t.num_epochs, "config.train.warmup_epochs",
+    _check(t.warmup_epochs < t.num_epochs, name("train", "warmup_epochs"),
            f"< num_epochs={t.num_epochs}", t.warmup_epochs)
   milestones = tuple(t.step_milestones)
   _check(all(x >= 0 for x in milestones) and
          list(milestones) == sorted(milestones),
-         "config.train.step_milestones",
+         name("train", "step_milestones"),
          "non-negative epochs (after warm-up) in increasing order", milestones)
-  _check(0 < t.step_factor <= 1, "config.train.step_factor", "in (0, 1]",
+  _check(0 < t.step_factor <= 1, name("train", "step_factor"), "in (0, 1]",
          t.step_factor)
 
   # Optimiser.
-  _check(0 <= t.momentum < 1, "config.train.momentum", "in [0, 1)",
+  _check(0 <= t.momentum < 1, name("train", "momentum"), "in [0, 1)",
          t.momentum)
-  _check(t.weight_decay >= 0, "config.train.weight_decay", ">= 0",
+  _check(t.weight_decay >= 0, name("train", "weight_decay"), ">= 0",
          t.weight_decay)
-  _one_of("config.train.decay_mask", t.decay_mask, DECAY_MASKS)
-  _check(t.grad_clip_norm >= 0, "config.train.grad_clip_norm",
+  _one_of(name("train", "decay_mask"), t.decay_mask, DECAY_MASKS)
+  _check(t.grad_clip_norm >= 0, name("train", "grad_clip_norm"),
          ">= 0 (0 disables)", t.grad_clip_norm)
 
   # Augmentation and bookkeeping.
-  _one_of("config.train.augment_method", t.augment_method, AUGMENT_METHODS)
-  _one_of("config.train.train_split", t.train_split, TRAIN_SPLITS)
-  _one_of("config.train.normalization", t.normalization, NORMALIZATIONS)
-  _check(t.eval_every_epochs >= 0, "config.train.eval_every_epochs",
+  _one_of(name("train", "augment_method"), t.augment_method, AUGMENT_METHODS)
+  _one_of(name("train", "train_split"), t.train_split, TRAIN_SPLITS)
+  _one_of(name("train", "normalization"), t.normalization, NORMALIZATIONS)
+  _check(t.eval_every_epochs >= 0, name("train", "eval_every_epochs"),
          ">= 0 (0 = only at the end)", t.eval_every_epochs)
-  _check(t.checkpoint_every_steps >= 0, "config.train.checkpoint_every_steps",
+  _check(t.checkpoint_every_steps >= 0, name("train", "checkpoint_every_steps"),
          ">= 0 (0 = only at the end)", t.checkpoint_every_steps)
-  _check(t.keep_checkpoints >= 1, "config.train.keep_checkpoints", ">= 1",
+  _check(t.keep_checkpoints >= 1, name("train", "keep_checkpoints"), ">= 1",
          t.keep_checkpoints)
-  _check(t.log_every_steps >= 1, "config.train.log_every_steps", ">= 1",
+  _check(t.log_every_steps >= 1, name("train", "log_every_steps"), ">= 1",
          t.log_every_steps)
-  _check(isinstance(t.seed, int) and t.seed >= 0, "config.train.seed",
+  _check(isinstance(t.seed, int) and t.seed >= 0, name("train", "seed"),
          "a non-negative integer", t.seed)
 
   # Input.
@@ -388,28 +459,92 @@ def validate(config) -> None:
   _check(i.train_subset >= 0, "config.input.train_subset", ">= 0 (0 = all)",
          i.train_subset)
   if t.train_split != "train" and i.train_subset:
-    raise ValueError(
-        f"config.input.train_subset must be 0 with config.train.train_split="
-        f"{t.train_split!r} (the pretraining split is a fixed slice of the "
-        f"full training set), got {i.train_subset}")
+    raise errors.ConfigError(
+        f"config.input.train_subset must be 0 with "
+        f"{name('train', 'train_split')}={t.train_split!r} (the pretraining "
+        f"split is a fixed slice of the full training set), got "
+        f"{i.train_subset}")
   if i.name.startswith("imagenet"):
-    raise ValueError(
+    raise errors.ConfigError(
         "config.input.name: ImageNet training input is not implemented (the "
         "official pipeline applies the policy to full-resolution images before "
         "a centre pad/crop, spec §4.3) and ImageNet is not available offline; "
         "this config documents the recipe. Use a CIFAR config.")
-  if i.source == "npz":
-    from deepaa_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-    path = input_pipeline._resolve_path(str(i.npz_path))  # pylint: disable=protected-access
-    if not path.is_file():
-      raise ValueError(
-          f"config.input.npz_path: no npz file at {str(i.npz_path)!r} for "
-          f"dataset {i.name!r}; pass --config.input.npz_path=/path/to/file.npz "
-          "(keys train_images, train_labels, test_images, test_labels)")
+  if i.source == "npz" and not utils.resolve_path(i.npz_path).is_file():
+    raise errors.ConfigError(
+        f"config.input.npz_path: no npz file at {str(i.npz_path)!r} for "
+        f"dataset {i.name!r}; pass --config.input.npz_path=/path/to/file.npz "
+        "(keys train_images, train_labels, test_images, test_labels)")
   if p.space == "imagenet" and not i.name.startswith("imagenet"):
-    raise ValueError(
-        f"config.policy.space='imagenet' does not fit config.input.name="
-        f"{i.name!r}; use space 'cifar'")
+    raise errors.ConfigError(
+        f"{name('policy', 'space')}='imagenet' does not fit "
+        f"config.input.name={i.name!r}; use space 'cifar'")
+
+
+def train_job_config(section, input_config) -> ml_collections.ConfigDict:
+  """A `job="train"` config from a search config's `pretrain`/`evaluate`
+  section (which carries no `input`: the search config's `input` governs
+  every stage)."""
+  cfg = ml_collections.ConfigDict(section.to_dict())
+  cfg.job = "train"
+  cfg.input = ml_collections.ConfigDict(input_config.to_dict())
+  if "enabled" in cfg:
+    del cfg["enabled"]
+  return cfg
+
+
+def _validate_search(config) -> None:
+  """The checks of a `job="search"` config (and of its pretrain/evaluate
+  sections, named where the user sets them)."""
+  s = config.search
+  _one_of("config.search.space", s.space, POLICY_SPACES)
+  for field in ("num_layers", "steps_per_layer", "num_images", "val_batch",
+                "g_prefixes", "chunk_size", "checkpoint_every_steps"):
+    _check(isinstance(s[field], int) and s[field] >= 1, f"config.search.{field}",
+           "an integer >= 1", s[field])
+  _check(s.gt_samples >= 0, "config.search.gt_samples",
+         ">= 0 (0: gt_samples_factor * |T|)", s.gt_samples)
+  _check(s.gt_samples_factor >= 1, "config.search.gt_samples_factor", ">= 1",
+         s.gt_samples_factor)
+  _one_of("config.search.normalization", s.normalization,
+          reward_lib.NORMALIZATIONS)
+  _one_of("config.search.reward", s.reward, reward_lib.REWARD_METHODS)
+  _one_of("config.search.loop", s.loop, reward_lib.LOOPS + ("auto",))
+  _one_of("config.search.init", s.init, ("identity", "uniform"))
+  _one_of("config.search.adam_style", s.adam_style, ("keras", "optax"))
+  _one_of("config.search.augment_method", s.augment_method, AUGMENT_METHODS)
+  _check(0.0 <= s.stop_identity_threshold <= 1.0,
+         "config.search.stop_identity_threshold", "in [0, 1]",
+         s.stop_identity_threshold)
+  _check(s.policy_lr > 0, "config.search.policy_lr", "> 0", s.policy_lr)
+  _check(s.std_coef >= 0, "config.search.std_coef", ">= 0", s.std_coef)
+  _check(s.stage1_std_coef >= 0, "config.search.stage1_std_coef", ">= 0",
+         s.stage1_std_coef)
+  _check(s.loss_scale_stage1 > 0, "config.search.loss_scale_stage1", "> 0",
+         s.loss_scale_stage1)
+  _check(s.loss_scale_stage_k >= 0, "config.search.loss_scale_stage_k",
+         ">= 0 (0 = num_images)", s.loss_scale_stage_k)
+  _one_of("config.search.data_split", s.data_split, ("official", "small"))
+  if s.data_parallel and jax.device_count() > 1:
+    try:
+      parallel.check_divisible(
+          s.num_images, "config.search.num_images",
+          hint=(", or set config.search.data_parallel=False to search on "
+                "one device"))
+    except ValueError as e:
+      raise errors.ConfigError(str(e)) from None
+  for section in ("pretrain", "evaluate"):
+    if section == "evaluate" and not config.evaluate.enabled:
+      continue
+    cfg = train_job_config(config[section], config.input)
+    if section == "evaluate":  # the policy file is the search's output
+      cfg.policy.kind, cfg.policy.path = "none", ""
+    _validate_train(cfg, prefix=f"config.{section}")
+
+
+# ---------------------------------------------------------------------------
+# Command-line errors.
+# ---------------------------------------------------------------------------
 
 
 def one_line(error: BaseException) -> str:
@@ -422,31 +557,30 @@ def one_line(error: BaseException) -> str:
   return " ".join(message.replace("\\n", "\n").split())
 
 
-def describe_override_error(error: BaseException,
-                            argv: Sequence[str]) -> str:
-  """One line for a failed `--config.*` override, naming the argument.
+def override_paths(argv: Sequence[str]) -> List[Tuple[str, List[str]]]:
+  """(argument, ["train", "num_epochs"]) for each `--config.a.b=v` in argv."""
+  out = []
+  for arg in argv:
+    if arg.startswith("--config."):
+      out.append((arg, arg[len("--config."):].split("=", 1)[0].split(".")))
+  return out
 
-  Args:
-    error: what ml_collections / absl raised while parsing the flags.
-    argv: the command line.
 
-  Returns:
-    e.g. "--config.train.num_epoch=3: no field 'num_epoch' in config.train;
-    Did you mean \"num_epochs\" instead of \"num_epoch\"?".
+def unknown_override(config, argv: Sequence[str]) -> Optional[str]:
+  """One line for the first `--config.*` override naming a field that the
+  config (from its file, before overrides) does not have, else None.
+
+  e.g. "--config.train.num_epoch=3: no field 'num_epoch' in config.train;
+  did you mean 'num_epochs'?". Checked against the config's own keys, not by
+  parsing library error text.
   """
-  message = one_line(error)
-  overrides = [a for a in argv if a.startswith("--config.")]
-  missing = re.match(r"^'?([A-Za-z0-9_]+)'?\s*(.*)$", message)
-  if isinstance(error, (KeyError, AttributeError)) and missing:
-    field, rest = missing.group(1), missing.group(2)
-    for arg in overrides:
-      path = arg[2:].split("=", 1)[0].split(".")
-      if field in path:
-        parent = ".".join(path[:path.index(field)])
-        hint = f"; {rest[:1].lower()}{rest[1:]}" if rest else ""
-        return f"{arg}: no field {field!r} in {parent}{hint}"
-  culprit = next((a for a in overrides if a.split("=", 1)[0][2:] in message),
-                 None)
-  return f"{culprit}: {message}" if culprit and culprit not in message else (
-      message)
-
+  for arg, path in override_paths(argv):
+    node, parents = config, ["config"]
+    for field in path:
+      keys = list(node.keys()) if hasattr(node, "keys") else []
+      if field not in keys:
+        close = difflib.get_close_matches(field, keys, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return f"{arg}: no field {field!r} in {'.'.join(parents)}{hint}"
+      node, parents = node[field], parents + [field]
+  return None

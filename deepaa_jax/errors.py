@@ -47,3 +47,7 @@ class DivergedError(DeepAAError, FloatingPointError):
 
 class DiskFullError(DeepAAError, OSError):
   """No space left on the device that holds the workdir."""
+
+
+class Interrupted(DeepAAError, KeyboardInterrupt):
+  """Ctrl-C: the current step was saved; the message says how to resume."""

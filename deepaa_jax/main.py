@@ -1,10 +1,16 @@
 """Command-line entry point: `python -m deepaa_jax.main --config=... --workdir=...`.
 
 Only parses flags and dispatches on `config.job`; all work is done by library
-functions that a notebook can call the same way. Config mistakes (an unknown
-field in an override, an invalid value) end with one line on stderr.
+functions that a notebook can call the same way. One error boundary: config
+mistakes, data and policy file problems, workdir problems, a refused resume,
+divergence, a full disk and Ctrl-C each end with one line on stderr and a
+non-zero exit; anything else is a bug and keeps its traceback. The console is
+quiet by default (library INFO logs off, the job's own progress and results
+on); `--verbosity=1` brings every log line and every traceback back.
 """
 
+import errno
+import os
 import sys
 
 from absl import app
@@ -14,7 +20,12 @@ import jax
 from ml_collections import config_flags
 
 from deepaa_jax import config as config_lib
+from deepaa_jax import demo
+from deepaa_jax import errors
 from deepaa_jax import input_pipeline
+from deepaa_jax import search_job
+from deepaa_jax import train
+from deepaa_jax import utils
 
 FLAGS = flags.FLAGS
 JOBS = ("search", "train", "demo")
@@ -47,48 +58,103 @@ def initialize_distributed() -> None:
                              process_id=FLAGS.process_id)
 
 
+def _config_file(argv) -> str:
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      return arg.split("=", 1)[1]
+    if arg == "--config" and i + 1 < len(argv):
+      return argv[i + 1]
+  return ""
+
+
+def _unknown_override(argv) -> str:
+  """The first `--config.x.y=` naming no field of the config file, if any."""
+  path = _config_file(argv)
+  if not path or not os.path.isfile(path.split(":", 1)[0]):
+    return ""
+  try:
+    file_config = config_lib.load_config_file(path.split(":", 1)[0])
+  except Exception:  # pylint: disable=broad-except
+    return ""  # the file's own error is reported by the flag parser
+  return config_lib.unknown_override(file_config, argv) or ""
+
+
 def parse_flags(argv):
   """absl flag parsing and config validation; errors as one line."""
   try:
+    unknown = _unknown_override(argv)
+    if unknown:
+      raise errors.ConfigError(unknown)
     argv = FLAGS(argv)
     initialize_distributed()  # before validation asks for jax.device_count()
-    job = FLAGS.config.get("job")
-    if job not in JOBS:
-      raise ValueError(f"config.job must be one of {JOBS}, got {job!r}")
-    if job == "train":
-      config_lib.validate(FLAGS.config)
-    elif job == "search":
-      from deepaa_jax import search  # pylint: disable=g-import-not-at-top
-      search.validate_search_config(FLAGS.config)
+    config_lib.validate(FLAGS.config)
     return argv
-  except (flags.Error, AttributeError, KeyError, OSError, TypeError,
-          ValueError) as e:
-    sys.stderr.write("FATAL Flags parsing error: "
-                     f"{config_lib.describe_override_error(e, argv)}\n")
+  except (flags.Error, errors.DeepAAError, AttributeError, KeyError, OSError,
+          TypeError, ValueError) as e:
+    sys.stderr.write(f"FATAL Flags parsing error: {config_lib.one_line(e)}\n")
     sys.exit(1)
+
+
+def _disk_full(error: BaseException) -> bool:
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+      return True
+    if "No space left on device" in str(error):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+def run(config, workdir) -> None:
+  """The job named by `config.job`: what a notebook would call."""
+  if config.job == "search":
+    search_job.run(config, workdir)
+  elif config.job == "train":
+    train.train_and_evaluate(config, workdir)
+  elif config.job == "demo":
+    demo.run_demo(config, workdir)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")
+  verbose = FLAGS.verbosity >= 1
+  utils.quiet_library_logs(verbose)
   if FLAGS.config.job in ("train", "search"):  # CLU imports TF: hide GPUs first.
     input_pipeline._import_tf()  # pylint: disable=protected-access
   jax.config.update("jax_threefry_partitionable", True)
-  logging.info("JAX %s, process %d / %d, devices: %s, "
-               "jax_threefry_partitionable=%s", jax.__version__,
-               jax.process_index(), jax.process_count(), jax.devices(),
-               jax.config.jax_threefry_partitionable)
-  config = FLAGS.config
-  if config.job == "search":
-    from deepaa_jax import search  # pylint: disable=g-import-not-at-top
-    search.run(config, FLAGS.workdir)
-  elif config.job == "train":
-    from deepaa_jax import train  # pylint: disable=g-import-not-at-top
-    train.train_and_evaluate(config, FLAGS.workdir)
-  elif config.job == "demo":
-    from deepaa_jax import demo  # pylint: disable=g-import-not-at-top
-    demo.run_demo(config, FLAGS.workdir)
+  logging.info("JAX %s, process %d / %d, devices: %s", jax.__version__,
+               jax.process_index(), jax.process_count(), jax.devices())
+  try:
+    run(FLAGS.config, FLAGS.workdir)
+  except errors.Interrupted as e:
+    if verbose:
+      raise
+    sys.stderr.write(f"{config_lib.one_line(e)}\n")
+    sys.exit(130)
+  except KeyboardInterrupt:
+    if verbose:
+      raise
+    sys.stderr.write("Interrupted. Rerun the same command to resume from the "
+                     "last checkpoint.\n")
+    sys.exit(130)
+  except Exception as e:  # pylint: disable=broad-except
+    if verbose:
+      raise
+    if _disk_full(e):
+      sys.stderr.write(
+          f"ERROR: no space left on the device holding {FLAGS.workdir} "
+          f"({type(e).__name__}). Free space and rerun the same command to "
+          "resume from the last complete checkpoint.\n")
+      sys.exit(1)
+    if isinstance(e, errors.DeepAAError):
+      sys.stderr.write(f"ERROR: {config_lib.one_line(e)}\n")
+      sys.exit(1)
+    raise  # a bug: keep the traceback
 
 
 if __name__ == "__main__":
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's C++ INFO
   app.run(main, flags_parser=parse_flags)

@@ -24,24 +24,18 @@ each step is data parallel over the S search images (`_sharded_step`, mesh
 from `parallel.make_mesh`) and gives the one-device result up to
 floating-point reduction order.
 
-Entry points: `search_layer(...)` trains one layer (what a notebook calls);
-`search(config, workdir)` pretrains the search network (or restores it) and
-then searches layers 1..K with checkpoints, exact resume and an optional stop
-when a layer converges to Identity.
+Entry point: `search_layer(...)` trains one layer (what a notebook calls).
+The job around it -- pretraining the search network, layers 1..K with
+checkpoints and exact resume, outputs -- is `search_job.py`.
 """
 
 import dataclasses
-import functools
-import json
-import math
-import pathlib
-import time
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional
 
-from absl import logging
 import flax
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
@@ -160,27 +154,52 @@ def _by_class(labels: np.ndarray, num_classes: int):
   return table, counts.astype(np.int32)
 
 
-def make_search_data(search_images, search_labels, val_images, val_labels,
-                     num_classes: int) -> SearchData:
-  """Builds `SearchData` from uint8 images and int labels (numpy or jax).
+def make_search_data(search, val, num_classes: int, *,
+                     val_batch: Optional[int] = None) -> SearchData:
+  """The device-resident pools from a search split and a validation split.
 
-  Raises ValueError if a class present in the search pool has fewer
-  validation images than needed later (checked in `sample_batch` callers) or
-  if dtypes/shapes are wrong.
+  Args:
+    search: the search pool, an `input_pipeline.Split` (anything with
+      `images` uint8[Ns, H, W, 3] and `labels` int[Ns]).
+    val: the validation pool, likewise uint8[Nv, H, W, 3] / int[Nv].
+    num_classes: labels lie in [0, num_classes).
+    val_batch: the validation batch per search image (`config.search.
+      val_batch`); when given, every class of the search pool must have at
+      least this many validation images, because `sample_batch` draws them
+      without replacement and would otherwise repeat images silently.
+
+  Returns:
+    `SearchData`.
+
+  Raises:
+    ValueError: images not uint8[N, H, W, 3], labels not one per image or
+      outside [0, num_classes), an empty pool, or (with `val_batch`) a
+      search class with fewer than `val_batch` validation images.
   """
-  search_labels = np.asarray(search_labels).astype(np.int32)
-  val_labels = np.asarray(val_labels).astype(np.int32)
-  for what, images, labels in (("search", search_images, search_labels),
-                               ("validation", val_images, val_labels)):
-    if np.asarray(images).dtype != np.uint8 or np.ndim(images) != 4:
+  pools = {}
+  for what, split in (("search", search), ("validation", val)):
+    images, labels = np.asarray(split.images), np.asarray(split.labels)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
       raise ValueError(f"{what} images must be uint8[N, H, W, 3], got "
-                       f"{np.asarray(images).dtype}{np.shape(images)}")
+                       f"{images.dtype}{images.shape}")
     if len(labels) != len(images) or len(labels) == 0:
       raise ValueError(f"{what}: {len(images)} images but {len(labels)} labels")
     if labels.min() < 0 or labels.max() >= num_classes:
       raise ValueError(f"{what} labels must be in [0, {num_classes})")
-  s_table, s_counts = _by_class(search_labels, num_classes)
-  v_table, v_counts = _by_class(val_labels, num_classes)
+    pools[what] = (images, labels.astype(np.int32))
+  s_table, s_counts = _by_class(pools["search"][1], num_classes)
+  v_table, v_counts = _by_class(pools["validation"][1], num_classes)
+  if val_batch is not None:
+    short = [c for c in range(num_classes)
+             if s_counts[c] > 0 and v_counts[c] < val_batch]
+    if short:
+      raise ValueError(
+          f"config.search.val_batch={val_batch} exceeds the validation images "
+          f"of class(es) {short[:10]} (they have "
+          f"{[int(v_counts[c]) for c in short[:10]]}); lower val_batch or use "
+          "a larger validation pool.")
+  (search_images, search_labels), (val_images, val_labels) = (
+      pools["search"], pools["validation"])
   return SearchData(jnp.asarray(search_images), jnp.asarray(search_labels),
                     jnp.asarray(val_images), jnp.asarray(val_labels),
                     jnp.asarray(s_table), jnp.asarray(s_counts),
@@ -690,7 +709,7 @@ def search_layer(key: Array, model: SearchModel, earlier_layers, data:
                  SearchData, config, *, state: Optional[LayerState] = None,
                  num_steps: Optional[int] = None,
                  callback: Optional[Callable] = None,
-                 progress: bool = True,
+                 progress: bool = False,
                  mesh: Optional[jax.sharding.Mesh] = None):
   """Trains one policy layer on top of `earlier_layers`.
 
@@ -706,7 +725,8 @@ def search_layer(key: Array, model: SearchModel, earlier_layers, data:
     num_steps: total steps for the layer (default `config.steps_per_layer`).
     callback: called as callback(step, state, diagnostics) after each step
       (checkpointing, logging); may return True to stop early.
-    progress: show a progress bar (tqdm) with ETA.
+    progress: report steps/s and ETA (CLU's `ReportProgress`, in the log)
+      every tenth of the layer.
     mesh: run each step data parallel over this mesh (the S search images
       split over its devices, `parallel.make_mesh`). Default: all devices of
       all processes when there are several and `config.data_parallel`
@@ -734,11 +754,11 @@ def search_layer(key: Array, model: SearchModel, earlier_layers, data:
     model, data, earlier = parallel.replicate((model, data, earlier), mesh)
   total = int(num_steps if num_steps is not None else config.steps_per_layer)
   history: Dict[str, List[Any]] = {}
-  bar = None
-  if progress:
-    from tqdm import auto as tqdm  # pylint: disable=g-import-not-at-top
-    bar = tqdm.tqdm(total=total, initial=int(state.step),
-                    desc=f"layer {earlier.shape[0] + 1}", leave=False)
+  report = None
+  if progress:  # CLU imports TensorFlow: only when asked for
+    from clu import periodic_actions  # pylint: disable=g-import-not-at-top
+    report = periodic_actions.ReportProgress(
+        num_train_steps=total, every_steps=max(1, total // 10))
   while int(state.step) < total:
     step = int(state.step)
     state, diag = layer_step(settings, model, data, state,
@@ -754,15 +774,11 @@ def search_layer(key: Array, model: SearchModel, earlier_layers, data:
     for name, value in diag.items():
       history.setdefault(name, []).append(value)
     history.setdefault("top5", []).append(diag_top)
-    if bar is not None:
-      bar.update(1)
-      bar.set_postfix(cos=f"{diag['cos_sim']:.3f}",
-                      p_id=f"{diag['p_identity']:.3f}")
+    if report is not None:
+      report(step + 1)
     if callback is not None and callback(step + 1, state, dict(diag,
                                                                top5=diag_top)):
       break
-  if bar is not None:
-    bar.close()
   return np.asarray(state.logits), history
 
 
@@ -787,7 +803,6 @@ def default_search_config():
   available; the default is the code, because the code produced the shipped
   policies and its reward is the exact derivative of the cosine.
   """
-  import ml_collections  # pylint: disable=g-import-not-at-top
   c = ml_collections.ConfigDict()
   c.space = "cifar"  # transform set: "cifar" or "imagenet" (139 each).
   c.num_layers = 6  # K, policy layers searched one at a time (paper: 6 for CIFAR).
@@ -823,471 +838,5 @@ def default_search_config():
   c.data_parallel = True  # split num_images over all devices (if > 1); same policy as 1 device.
   c.data_split = "official"  # pools: spec §2.2 ranges of the 50k train set, or "small" (same shares).
   c.checkpoint_every_steps = 50  # search checkpoint period (and after each layer).
+  c.lock()  # a typo inside a config file fails like one on the command line
   return c
-
-
-# --------------------------------------------------------------------------
-# The whole search: pretrain, then layers 1..K, resumable.
-# --------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class _Checkpointer:
-  """Orbax checkpoints of the search state, saved from every process."""
-  directory: pathlib.Path
-  keep: int = 2
-
-  def __post_init__(self):
-    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-    self._ocp = ocp
-    self.manager = ocp.CheckpointManager(
-        self.directory.resolve(),
-        options=ocp.CheckpointManagerOptions(max_to_keep=self.keep,
-                                             create=True))
-
-  def latest(self) -> Optional[int]:
-    return self.manager.latest_step()
-
-  def save(self, step: int, state: PyTree) -> None:
-    self.manager.save(step, args=self._ocp.args.StandardSave(state),
-                      force=True)
-    self.manager.wait_until_finished()
-
-  def restore(self, step: int, like: PyTree) -> PyTree:
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), like)
-    return self.manager.restore(
-        step, args=self._ocp.args.StandardRestore(abstract))
-
-
-def _search_state_template(num_layers: int, layer_state: LayerState):
-  return {"layer": np.zeros((), np.int32),
-          "probs": np.zeros((num_layers, layer_state.logits.shape[0]),
-                            np.float32),
-          "layer_state": jax.device_get(layer_state)}
-
-
-def peak_memory_bytes() -> int:
-  """Peak device memory (accelerators) or peak RSS of this process (CPU)."""
-  try:
-    stats = jax.local_devices()[0].memory_stats() or {}
-    if "peak_bytes_in_use" in stats:
-      return int(stats["peak_bytes_in_use"])
-  except Exception:  # pylint: disable=broad-except
-    pass
-  import resource  # pylint: disable=g-import-not-at-top
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-class _MetricLog:
-  """JSON lines of per-step diagnostics (process 0 writes), truncated to the
-  checkpoint on resume so a resumed run's log has no duplicate steps."""
-
-  def __init__(self, path: pathlib.Path, writer=None):
-    self.path = path
-    self.writer = writer
-    self.enabled = jax.process_index() == 0
-
-  def truncate(self, keep: Callable[[dict], bool]) -> None:
-    if not self.enabled or not self.path.exists():
-      return
-    lines = [l for l in self.path.read_text().splitlines() if l.strip()]
-    kept = [l for l in lines if keep(json.loads(l))]
-    self.path.write_text("".join(l + "\n" for l in kept))
-
-  def write(self, record: dict, global_step: int) -> None:
-    if not self.enabled:
-      return
-    with self.path.open("a") as f:
-      f.write(json.dumps(record) + "\n")
-    if self.writer is not None:
-      scalars = {k: v for k, v in record.items()
-                 if isinstance(v, (int, float)) and k not in ("layer", "step")}
-      self.writer.write_scalars(global_step, scalars)
-
-
-def _log_resume_banner(what: str, workdir, detail: str) -> None:
-  bar = "=" * 72
-  logging.warning("\n%s\nRESUMING %s from %s\n%s\n%s", bar, what, workdir,
-                  detail, bar)
-
-
-def search_layers(key: Array, model: SearchModel, data: SearchData, config,
-                  workdir, *, writer=None) -> Dict[str, Any]:
-  """Layers 1..K with checkpoints every N steps and after each layer.
-
-  Resumes from the latest checkpoint in `workdir/search_checkpoints` (and
-  says so loudly). Layer k uses key fold_in(key, k) and step s of it
-  fold_in(fold_in(key, k), s): a resumed search equals an uninterrupted one
-  bit for bit.
-
-  Args:
-    key: the search key.
-    model, data: the frozen network and the pools.
-    config: the `config.search` section.
-    workdir: output folder.
-    writer: an optional CLU metric writer.
-
-  Returns:
-    dict with "probs" float32[K', T] (K' <= K layers found, fewer if the
-    Identity stop fired), "history" (per-step records; empty except in
-    process 0), "costs" (per-layer wall time, steps/s, peak memory),
-    "stopped_early" (bool).
-  """
-  workdir = pathlib.Path(workdir)
-  space = space_lib.get_space(config.space)
-  num_layers = int(config.num_layers)
-  steps = int(config.steps_per_layer)
-  ckpt = _Checkpointer(workdir / "search_checkpoints")
-  log = _MetricLog(workdir / "search_metrics.jsonl", writer)
-  template = _search_state_template(num_layers,
-                                    init_layer_state(config, space))
-  start_layer, probs, layer_state = 0, np.zeros((num_layers, space.size),
-                                                np.float32), None
-  latest = ckpt.latest()
-  if latest is not None:
-    restored = ckpt.restore(latest, template)
-    start_layer = int(restored["layer"])
-    probs = np.asarray(restored["probs"], np.float32)
-    layer_state = jax.tree.map(jnp.asarray, restored["layer_state"])
-    done_steps = int(layer_state.step)
-    _log_resume_banner(
-        "the policy search", workdir,
-        f"checkpoint {latest}: layer {start_layer + 1}, step {done_steps} of "
-        f"{steps} ({start_layer} layer(s) finished)")
-    log.truncate(lambda r: (r["layer"] - 1, r["step"]) <= (start_layer,
-                                                           done_steps))
-    if done_steps >= steps:  # the checkpoint closed the layer
-      layer_state = None
-  else:
-    log.truncate(lambda r: False)
-  costs = []
-  cost_path = workdir / "search_costs.json"
-  if cost_path.exists() and latest is not None:
-    costs = [c for c in json.loads(cost_path.read_text())
-             if c["layer"] <= start_layer]
-  stopped_early = False
-  finished = start_layer
-  threshold = float(config.stop_identity_threshold)
-  for k in range(start_layer, num_layers):
-    if threshold > 0 and k > 0 and probs[k - 1, 0] >= threshold:
-      # Checked before each layer, so a resumed run stops where it stopped.
-      logging.warning("Layer %d converged to Identity (p = %.3f >= %.3f): "
-                      "stopping at depth %d.", k, probs[k - 1, 0], threshold,
-                      k)
-      stopped_early = True
-      break
-    layer_key = jax.random.fold_in(key, k)
-    earlier = probs[:k]
-    times = []
-
-    def on_step(step, state, diag, k=k, times=times):
-      times.append(time.perf_counter())
-      record = {"layer": k + 1, "step": step,
-                **{n: v for n, v in diag.items() if n != "top5"},
-                "top5": diag["top5"]}
-      log.write(record, k * steps + step)
-      if step % config.checkpoint_every_steps == 0 and step < steps:
-        ckpt.save(k * steps + step, {
-            "layer": np.asarray(k, np.int32), "probs": probs,
-            "layer_state": jax.device_get(state)})
-      return False
-
-    start = time.perf_counter()
-    first_step = int(layer_state.step) if layer_state is not None else 0
-    logits, _ = search_layer(layer_key, model, earlier, data, config,
-                             state=layer_state, num_steps=steps,
-                             callback=on_step)
-    wall = time.perf_counter() - start
-    layer_state = None
-    probs[k] = np.asarray(jax.nn.softmax(jnp.asarray(logits)))
-    run_steps = steps - first_step
-    steady = (times[-1] - times[0]) / max(1, len(times) - 1) if len(
-        times) > 1 else float("nan")
-    costs.append({"layer": k + 1, "wall_s": wall, "steps": run_steps,
-                  "steady_s_per_step": steady,
-                  "first_step_s": (times[0] - start) if times else None,
-                  "peak_memory_bytes": peak_memory_bytes(),
-                  "device": str(jax.devices()[0])})
-    if jax.process_index() == 0:
-      cost_path.write_text(json.dumps(costs, indent=1))
-    # Close the layer: the next run starts at layer k + 2.
-    ckpt.save((k + 1) * steps, {
-        "layer": np.asarray(k + 1, np.int32), "probs": probs,
-        "layer_state": jax.device_get(init_layer_state(config, space))})
-    finished = k + 1
-    logging.info("Layer %d done in %.1f s: %s", k + 1, wall,
-                 policy_lib.Policy(probs[k:k + 1].astype(np.float64) /
-                                   probs[k:k + 1].sum(), space.name).summary(
-                                       5).splitlines()[1].replace(
-                                           "layer 1", f"layer {k + 1}", 1))
-    if threshold > 0 and probs[k, 0] >= threshold and k + 1 < num_layers:
-      logging.warning("Layer %d converged to Identity (p = %.3f >= %.3f): "
-                      "stopping at depth %d.", k + 1, probs[k, 0], threshold,
-                      k + 1)
-      stopped_early = True
-      break
-  records = []
-  # Process 0 writes the log (and may be rewriting it on a resume while the
-  # others get here): only it reads the history back.
-  if log.enabled and log.path.exists():
-    records = [json.loads(l) for l in log.path.read_text().splitlines()
-               if l.strip()]
-  return {"probs": probs[:finished], "history": records, "costs": costs,
-          "stopped_early": stopped_early}
-
-
-def load_search_pools(config):
-  """The search and validation pools from `config.input` and the split rule.
-
-  `config.search.data_split`: "official" (spec §2.2: pretrain =
-  train[0:5000], search pool = train[5000:40000], validation pool =
-  train[40000:50000], all in the original CIFAR order) or "small" (the same
-  proportions of whatever train split is loaded, for tests and tiny data).
-
-  Returns:
-    (dataset, {"pretrain", "search", "val"} splits).
-  """
-  from deepaa_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  dataset = input_pipeline.load_dataset(config.input)
-  train = dataset.splits.get("train_full", dataset.splits["train"])
-  split_rule = config.search.data_split
-  splits = input_pipeline.official_search_splits(
-      train, allow_small=split_rule == "small")
-  return dataset, splits
-
-
-def search_data_from_splits(splits, num_classes: int) -> SearchData:
-  return make_search_data(splits["search"].images, splits["search"].labels,
-                          splits["val"].images, splits["val"].labels,
-                          num_classes)
-
-
-def write_outputs(workdir, result: Mapping[str, Any], config) -> Dict[str, str]:
-  """Writes the found policy (JSON + the official npz), plots and the cost
-  report; returns the paths written (process 0 only)."""
-  from deepaa_jax import plots  # pylint: disable=g-import-not-at-top
-  workdir = pathlib.Path(workdir)
-  probs = np.asarray(result["probs"], np.float64)
-  probs = probs / probs.sum(axis=1, keepdims=True)
-  meta = policy_lib.provenance(
-      source="deepaa-jax search", seed=int(config.search.seed),
-      config=json.loads(config.to_json()) if hasattr(config, "to_json") else
-      None, stopped_early=bool(result["stopped_early"]),
-      costs=result["costs"])
-  policy = policy_lib.Policy(probs, config.search.space, "deepaa_jax_search",
-                             meta)
-  paths = {}
-  if jax.process_index() != 0:
-    return paths
-  paths["policy_json"] = str(policy_lib.save_policy(workdir / "policy.json",
-                                                    policy))
-  paths["policy_npz"] = str(policy_lib.save_official_npz(
-      workdir / "policy.npz", policy))
-  paths["op_mass_png"] = str(plots.policy_op_mass(
-      workdir / "policy_op_mass.png", policy))
-  paths["magnitudes_png"] = str(plots.policy_magnitudes(
-      workdir / "policy_magnitudes.png", policy))
-  if result["history"]:
-    paths["history_png"] = str(plots.search_history(
-        workdir / "search_history.png", result["history"]))
-  report = {"layers": result["costs"],
-            "total_wall_s": float(sum(c["wall_s"] for c in result["costs"])),
-            "peak_memory_bytes": max([c["peak_memory_bytes"]
-                                      for c in result["costs"]] or [0]),
-            "stopped_early": bool(result["stopped_early"]),
-            "num_layers": int(probs.shape[0])}
-  (workdir / "cost_report.json").write_text(json.dumps(report, indent=1))
-  paths["cost_report"] = str(workdir / "cost_report.json")
-  summary = policy.summary(5)
-  (workdir / "policy_summary.txt").write_text(summary + "\n\n" +
-                                             policy.op_mass_markdown() + "\n")
-  print(summary)
-  print(f"Search cost: {report['total_wall_s']:.0f} s over "
-        f"{report['num_layers']} layer(s) on {jax.devices()[0]}; peak memory "
-        f"{report['peak_memory_bytes'] / 2**20:.0f} MiB")
-  return paths
-
-
-def _train_job_config(section, input_config):
-  """A `job="train"` config from a search config's pretrain/evaluate section
-  (which carries no `input`: the search config's `input` governs all)."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  cfg = ml_collections.ConfigDict(section.to_dict())
-  cfg.job = "train"
-  cfg.input = ml_collections.ConfigDict(input_config.to_dict())
-  if "enabled" in cfg:
-    del cfg["enabled"]
-  return cfg
-
-
-def pretrain(config, workdir, *, dataset=None):
-  """The search network: trained by `train.train` (resumable) or restored.
-
-  `config.pretrain_checkpoint` names an existing pretraining workdir to
-  reuse (its checkpoint is restored and its config must match); otherwise
-  the network is trained into `workdir/pretrain` with the official recipe
-  (`config.pretrain`: 45 epochs on train[0:5000], crop + flip + cutout,
-  Nesterov SGD, cosine 0.1 -> 1e-7, clip 5, Keras L2 5e-4; spec §2.3).
-
-  Returns:
-    (flax module, params, batch_stats, pretraining metrics).
-  """
-  from deepaa_jax import train as train_lib  # pylint: disable=g-import-not-at-top
-  cfg = _train_job_config(config.pretrain, config.input)
-  target = pathlib.Path(config.pretrain_checkpoint or
-                        pathlib.Path(workdir) / "pretrain")
-  if config.pretrain_checkpoint:
-    logging.info("Using the pretrained search network in %s", target)
-  if dataset is None:  # loaded here once: train() and the logits size need it
-    from deepaa_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-    dataset = input_pipeline.load_dataset(cfg.input)
-  state, metrics = train_lib.train(cfg, target, dataset=dataset)
-  num_classes = int(cfg.model.num_classes) or dataset.num_classes
-  model = train_lib.build_model(cfg.model, num_classes=num_classes)
-  return model, state.params, state.batch_stats, metrics
-
-
-def _metric_writer(logdir: pathlib.Path):
-  """CLU's default writer (TensorBoard + logging), or logging only when CLU's
-  TensorBoard dependency is missing (a warning says so)."""
-  try:
-    from clu import metric_writers  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    from deepaa_jax import train as train_lib  # pylint: disable=g-import-not-at-top
-    logging.warning("CLU metric writers unavailable (%s; they need the "
-                    "`tensorboard` package): logging scalars only.", e)
-    return train_lib._LoggingWriter()  # pylint: disable=protected-access
-  return metric_writers.create_default_writer(
-      str(logdir), just_logging=jax.process_index() > 0)
-
-
-def run(config, workdir) -> Dict[str, Any]:
-  """Pretrain -> search layers 1..K -> write the policy -> (evaluate).
-
-  The CLI entry (`job="search"`); resumable at every stage from `workdir`.
-
-  Returns:
-    dict with "policy_path", "probs", "costs", "pretrain" metrics and (if
-    `config.evaluate.enabled`) "evaluate" metrics.
-  """
-  from deepaa_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  validate_search_config(config)
-  workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  dataset, splits = load_search_pools(config)
-  model, params, batch_stats, pre_metrics = pretrain(config, workdir,
-                                                     dataset=dataset)
-  mean, std = input_pipeline.normalization_constants(
-      dataset.name, phase="search", default=(dataset.mean, dataset.std))
-  search_model = make_search_model(model, params, batch_stats, mean=mean,
-                                   std=std)
-  data = search_data_from_splits(splits, dataset.num_classes)
-  writer = _metric_writer(workdir / "search_tb")
-  result = search_layers(jax.random.key(config.search.seed), search_model,
-                         data, config.search, workdir, writer=writer)
-  writer.flush()
-  paths = write_outputs(workdir, result, config)
-  out = {"policy_path": paths.get("policy_json",
-                                  str(workdir / "policy.json")),
-         "probs": result["probs"], "costs": result["costs"],
-         "pretrain": pre_metrics, "paths": paths}
-  if config.evaluate.enabled:
-    from deepaa_jax import train as train_lib  # pylint: disable=g-import-not-at-top
-    cfg = _train_job_config(config.evaluate, config.input)
-    cfg.policy.kind = "file"
-    cfg.policy.path = out["policy_path"]
-    cfg.policy.space = config.search.space
-    out["evaluate"] = train_lib.train_and_evaluate(cfg, workdir / "evaluate")
-  if jax.process_index() == 0:
-    summary = {k: v for k, v in out.items() if k != "probs"}
-    (workdir / "results.json").write_text(json.dumps(
-        summary, indent=1, default=lambda o: str(o)))
-  return out
-
-
-def default_pretrain_config():
-  """`config.pretrain`: the official search-network pretraining (spec §2.3).
-
-  `config.search_pretraining_config()` without its `input` section (the
-  search config's `input` governs every stage): WRN-40-2 (Keras variant) on
-  train[0:5000] (the paper says 4,000 random images), 45 epochs of batch 128,
-  crop + flip + cutout, Nesterov SGD with cosine 0.1 -> 1e-7 and no warm-up,
-  global-norm clipping 5 of the gradient of loss + L2 (Keras), weight decay
-  5e-4 on conv kernels, conv biases and the dense kernel.
-  """
-  from deepaa_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  c = config_lib.search_pretraining_config()
-  del c["input"]
-  c.policy.path = ""  # kind "standard_cutout" needs no file.
-  return c
-
-
-def default_evaluate_config():
-  """`config.evaluate`: train an evaluation model with the found policy.
-
-  Defaults to the paper's CIFAR evaluation (WRN-28-10, 200 epochs, spec
-  §4.4), disabled (`enabled=False`) because it is a long job of its own.
-  """
-  from deepaa_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  c = config_lib.base_config()
-  del c["input"]
-  c.enabled = False  # train an evaluation model after the search.
-  c.policy.kind = "file"  # set to the found policy by `run`.
-  c.policy.path = ""
-  return c
-
-
-def validate_search_config(config) -> None:
-  """Semantic checks of a `job="search"` config: ValueError naming the field."""
-
-  def check(ok, field, requirement, value):
-    if not ok:
-      raise ValueError(f"config.{field} {requirement}, got {value!r}")
-
-  s = config.search
-  check(s.space in ("cifar", "imagenet"), "search.space",
-        "must be 'cifar' or 'imagenet'", s.space)
-  for field in ("num_layers", "steps_per_layer", "num_images", "val_batch",
-                "g_prefixes", "chunk_size", "checkpoint_every_steps"):
-    check(int(s[field]) >= 1, f"search.{field}", "must be >= 1", s[field])
-  check(s.gt_samples >= 0 and s.gt_samples_factor >= 1, "search.gt_samples",
-        "must be >= 0 (0: gt_samples_factor * |T|)", s.gt_samples)
-  check(s.normalization in reward_lib.NORMALIZATIONS, "search.normalization",
-        f"must be one of {reward_lib.NORMALIZATIONS}", s.normalization)
-  check(s.get("reward", "jvp") in reward_lib.REWARD_METHODS, "search.reward",
-        f"must be one of {reward_lib.REWARD_METHODS}", s.get("reward"))
-  check(s.loop in reward_lib.LOOPS + ("auto",), "search.loop",
-        f"must be one of {reward_lib.LOOPS + ('auto',)}", s.loop)
-  check(s.init in ("identity", "uniform"), "search.init",
-        "must be 'identity' or 'uniform'", s.init)
-  check(s.adam_style in ("keras", "optax"), "search.adam_style",
-        "must be 'keras' or 'optax'", s.adam_style)
-  check(s.augment_method in ("auto", "sequential", "vectorized"),
-        "search.augment_method", "must be auto, sequential or vectorized",
-        s.augment_method)
-  check(0.0 <= s.stop_identity_threshold <= 1.0,
-        "search.stop_identity_threshold", "must be in [0, 1]",
-        s.stop_identity_threshold)
-  check(s.policy_lr > 0, "search.policy_lr", "must be > 0", s.policy_lr)
-  check(s.std_coef >= 0 and s.stage1_std_coef >= 0, "search.std_coef",
-        "must be >= 0", s.std_coef)
-  check(s.data_split in ("official", "small"), "search.data_split",
-        "must be 'official' or 'small'", s.data_split)
-  if s.get("data_parallel", True) and jax.device_count() > 1:
-    parallel.check_divisible(s.num_images, "search.num_images",
-                             hint=_ONE_DEVICE_HINT)
-  from deepaa_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  for section in ("pretrain", "evaluate"):
-    if section == "evaluate" and not config.evaluate.enabled:
-      continue
-    cfg = _train_job_config(config[section], config.input)
-    if section == "evaluate":  # the policy file is the search's output
-      cfg.policy.kind, cfg.policy.path = "none", ""
-    try:
-      config_lib.validate(cfg)
-    except ValueError as e:  # name the field where the user sets it
-      message = str(e).replace("config.input.", "config.@input.")
-      message = message.replace("config.", f"config.{section}.")
-      raise ValueError(message.replace(f"config.{section}.@input.",
-                                       "config.input.")) from None

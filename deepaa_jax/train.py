@@ -39,11 +39,11 @@ so a run killed and restarted ends with bit-identical parameters.
 """
 
 import functools
+import hashlib
 import json
 import math
-import pathlib
 import time
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from absl import logging
 import flax
@@ -55,11 +55,13 @@ import numpy as np
 import optax
 
 from deepaa_jax import config as config_lib
+from deepaa_jax import errors
 from deepaa_jax import input_pipeline
 from deepaa_jax import models
 from deepaa_jax import parallel
 from deepaa_jax import policy as policy_lib
 from deepaa_jax import space as space_lib
+from deepaa_jax import utils
 
 Array = jax.Array
 PyTree = Any
@@ -71,17 +73,18 @@ _TAG_STEP = 1
 _NOT_STATIC = ("seed", "eval_every_epochs", "eval_batch_size",
                "checkpoint_every_steps", "keep_checkpoints", "log_every_steps",
                "train_split")
-# Fields that may change between an interrupted run and its resumption.
+# Fields that may change between an interrupted run and its resumption: they
+# do not change results. The data and policy files are compared by content
+# (`run_identity`), not by path, so a moved checkout can resume and a changed
+# file cannot.
 _RESUMABLE_FIELDS = (
     "train.eval_every_epochs", "train.eval_batch_size",
     "train.checkpoint_every_steps", "train.keep_checkpoints",
-    "train.log_every_steps", "train.augment_method", "input.data_dir")
-# Files compared by name only, so that a moved checkout can resume.
-_PATH_FIELDS = ("input.npz_path", "policy.path")
+    "train.log_every_steps", "train.augment_method", "input.data_dir",
+    "input.npz_path", "policy.path")
 
-
-class NonFiniteLossError(FloatingPointError):
-  """The loss, gradient or parameters became NaN or infinite (divergence)."""
+# The loss, gradient or parameters became NaN or infinite (divergence).
+NonFiniteLossError = errors.DivergedError
 
 
 # ---------------------------------------------------------------------------
@@ -114,21 +117,11 @@ def build_model(config, *, num_classes: int, bf16: bool = False) -> nn.Module:
     bf16: compute in bfloat16 (parameters and logits stay float32).
 
   Returns:
-    An unbound flax module (`models.get_model`, or a `WideResNet` for a
-    "wrn_<depth>_<k>[_search]" name that is not registered).
+    An unbound flax module (`models.get_model`: a registered name or any
+    "wrn_<depth>_<k>[_search]").
   """
   dtype = jnp.bfloat16 if bf16 else jnp.float32
-  if config.name in models.MODEL_NAMES:
-    return models.get_model(config.name, num_classes=num_classes, dtype=dtype)
-  spec = config_lib.wrn_spec(config.name)
-  if spec is None or not config_lib.is_known_model(config.name):
-    raise ValueError(
-        f"config.model.name must be one of {models.MODEL_NAMES} or "
-        f"'wrn_<depth>_<k>[_search]', got {config.name!r}")
-  depth, width, variant = spec
-  return models.WideResNet(depth=depth, widen_factor=width,
-                           num_classes=num_classes, variant=variant,
-                           dtype=dtype)
+  return models.get_model(config.name, num_classes=num_classes, dtype=dtype)
 
 
 def weight_decay_mask(params: PyTree, *, kind: str = "non_bn") -> PyTree:
@@ -145,9 +138,6 @@ def weight_decay_mask(params: PyTree, *, kind: str = "non_bn") -> PyTree:
   Returns:
     A nested dict of Python bools with the structure of `params`.
   """
-  if kind not in config_lib.DECAY_MASKS:
-    raise ValueError(f"config.train.decay_mask must be one of "
-                     f"{config_lib.DECAY_MASKS}, got {kind!r}")
   bn = traverse_util.flatten_dict(models.bn_param_mask(params))
   flat = traverse_util.flatten_dict(params)
   mask = {}
@@ -196,9 +186,6 @@ def learning_rate_schedule(train, steps_per_epoch: int) -> optax.Schedule:
   kind = train.schedule
   milestones = tuple(float(m) * spe for m in train.step_milestones)
   factor = float(train.step_factor)
-  if kind not in config_lib.SCHEDULES:
-    raise ValueError(f"config.train.schedule must be one of "
-                     f"{config_lib.SCHEDULES}, got {kind!r}")
 
   def schedule(count):
     s = jnp.asarray(count, jnp.float32)
@@ -541,7 +528,7 @@ def evaluate(eval_step: Callable, state: TrainState,
 
 
 # ---------------------------------------------------------------------------
-# Bookkeeping: checkpoints, metrics, progress.
+# Input per process.
 # ---------------------------------------------------------------------------
 
 
@@ -567,167 +554,6 @@ def _process_batches(split: input_pipeline.Split, batch_size: int, *,
     yield {"image": split.images[idx], "label": split.labels[idx]}
 
 
-def _abstract(tree, *, with_sharding: bool = False):
-  def leaf(x):
-    dtype = np.asarray(x).dtype if not hasattr(x, "dtype") else x.dtype
-    sharding = getattr(x, "sharding", None) if with_sharding else None
-    return jax.ShapeDtypeStruct(np.shape(x), dtype, sharding=sharding)
-  return jax.tree.map(leaf, tree)
-
-
-class _Checkpoints:
-  """Orbax CheckpointManager of the TrainState (StandardSave/Restore)."""
-
-  def __init__(self, directory: pathlib.Path, keep: int):
-    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-    self._ocp = ocp
-    self.directory = directory.resolve()
-    self.manager = ocp.CheckpointManager(
-        self.directory, options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True))
-
-  def latest(self) -> Optional[int]:
-    return self.manager.latest_step()
-
-  def save(self, state: TrainState) -> None:
-    step = int(jax.device_get(state.step))
-    if step in self.manager.all_steps():
-      return
-    self.manager.save(step, args=self._ocp.args.StandardSave(state),
-                      force=True)
-    self.manager.wait_until_finished()
-
-  def restore(self, step: int, like: TrainState, *,
-              with_sharding: bool = False) -> TrainState:
-    """The state at `step`, shaped like `like` (and sharded like it if
-    `with_sharding`: every process then restores its devices' copies)."""
-    return self.manager.restore(
-        step, args=self._ocp.args.StandardRestore(
-            _abstract(like, with_sharding=with_sharding)))
-
-  def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
-
-
-class _LoggingWriter:
-  """Fallback when CLU's writers cannot be imported (they need
-  `tensorboard`): scalars go to absl logging only."""
-
-  def write_scalars(self, step, scalars):
-    logging.info("[%d] %s", step, ", ".join(
-        f"{k}={v:.6g}" for k, v in sorted(scalars.items())))
-
-  def write_hparams(self, hparams):
-    del hparams
-
-  def flush(self):
-    pass
-
-  def close(self):
-    pass
-
-
-class _Progress:
-  """Fallback for CLU's ReportProgress: steps/s and ETA in the log."""
-
-  def __init__(self, num_train_steps, writer, every_steps):
-    self.total, self.writer, self.every = num_train_steps, writer, every_steps
-    self.last = None
-
-  def __call__(self, step, t=None):
-    t = time.time() if t is None else t
-    if self.last is None:
-      self.last = (step, t)
-      return
-    if step % self.every == 0 or step == self.total:
-      s0, t0 = self.last
-      rate = (step - s0) / max(t - t0, 1e-9)
-      eta = (self.total - step) / max(rate, 1e-9)
-      logging.info("step %d/%d: %.2f steps/s, ETA %.0f min", step, self.total,
-                   rate, eta / 60)
-      self.writer.write_scalars(step, {"steps_per_sec": rate})
-      self.last = (step, t)
-
-
-def _writer_and_progress(workdir: pathlib.Path, total: int, every: int):
-  try:
-    from clu import metric_writers  # pylint: disable=g-import-not-at-top
-    from clu import periodic_actions  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    logging.warning("CLU metric writers unavailable (%s; they need the "
-                    "`tensorboard` package): logging scalars only.", e)
-    writer = _LoggingWriter()
-    return writer, _Progress(total, writer, every)
-  writer = metric_writers.create_default_writer(
-      str(workdir), just_logging=jax.process_index() > 0)
-  progress = periodic_actions.ReportProgress(
-      num_train_steps=total, writer=writer, every_steps=every)
-  return writer, progress
-
-
-class _JsonLog:
-  """`metrics.jsonl`: one JSON record per line (process 0 only); on resume,
-  records after the checkpoint are dropped so no step appears twice."""
-
-  def __init__(self, path: pathlib.Path):
-    self.path = path
-    self.enabled = jax.process_index() == 0
-
-  def truncate_after(self, step: int) -> None:
-    if not self.enabled or not self.path.exists():
-      return
-    lines = [l for l in self.path.read_text().splitlines() if l.strip()]
-    kept = [l for l in lines if json.loads(l).get("step", 0) <= step]
-    self.path.write_text("".join(l + "\n" for l in kept))
-
-  def write(self, record: Mapping[str, Any]) -> None:
-    if self.enabled:
-      with self.path.open("a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def _resume_banner(step: int, total: int, workdir: pathlib.Path,
-                   directory: pathlib.Path) -> None:
-  bar = "=" * 78
-  logging.warning(
-      "\n%s\nRESUMING TRAINING from step %d of %d (checkpoint in %s).\n"
-      "workdir: %s\nThe parameters, BN statistics and optimiser state are "
-      "those of that checkpoint, not a fresh initialisation.\nTo start afresh, "
-      "use a new --workdir or delete this one.\n%s", bar, step, total,
-      directory, workdir, bar)
-
-
-def _flat_config(config) -> Dict[str, Any]:
-  d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-  flat = traverse_util.flatten_dict(d, sep=".")
-  return {k: list(v) if isinstance(v, tuple) else v for k, v in flat.items()}
-
-
-def _check_same_run(workdir: pathlib.Path, config) -> None:
-  """Refuses to resume a checkpoint written under a different config."""
-  path = workdir / "config.json"
-  if not path.exists():
-    logging.warning("No config.json next to the checkpoint in %s; cannot "
-                    "check that it belongs to this config.", workdir)
-    return
-  old = json.loads(path.read_text())
-  new = json.loads(json.dumps(_flat_config(config), default=str))
-
-  def comparable(k, d):
-    v = d.get(k)
-    return pathlib.Path(v).name if k in _PATH_FIELDS and v else v
-
-  diffs = [f"config.{k}: {old.get(k)!r} -> {new.get(k)!r}"
-           for k in sorted(set(old) | set(new))
-           if comparable(k, old) != comparable(k, new)
-           and k not in _RESUMABLE_FIELDS]
-  if diffs:
-    raise ValueError(
-        f"{workdir} holds a checkpoint of a different run; differing fields: "
-        + "; ".join(diffs) + ". Use a fresh --workdir (or delete this one).")
-
-
 def _train_split(dataset: input_pipeline.Dataset,
                  train) -> input_pipeline.Split:
   if train.train_split == "train":
@@ -740,6 +566,15 @@ def _train_split(dataset: input_pipeline.Dataset,
 def _policy_fingerprint(policy: policy_lib.Policy):
   return (policy.name, policy.space_name, policy.probs.shape,
           policy.probs.tobytes())
+
+
+def _policy_hash(policy: policy_lib.Policy) -> str:
+  """Content hash of a policy (run identity: the file's content, not its
+  path, decides whether a checkpoint belongs to this run)."""
+  h = hashlib.blake2b(digest_size=8)
+  h.update(repr(_policy_fingerprint(policy)[:3]).encode())
+  h.update(np.ascontiguousarray(policy.probs).tobytes())
+  return h.hexdigest()
 
 
 def _host_float(x) -> float:
@@ -769,18 +604,22 @@ def train(config, workdir, *, dataset: Optional[input_pipeline.Dataset] = None,
     (state, metrics): the final TrainState (device arrays) and a dict with
     "test_accuracy", "test_loss", "train_loss", "train_accuracy", "step",
     "wall_time_s", "images_per_s", ... (also written to results.json when
-    the run is complete).
+    the run is complete). A finished run (its last checkpoint at the final
+    step and its results.json written) is not redone: the state is restored,
+    the metrics are read back, and no file is changed.
 
   Raises:
-    ValueError: invalid config (see `config.validate`), or a workdir whose
-      checkpoint belongs to another config.
-    NonFiniteLossError: the loss became NaN/inf.
+    errors.ConfigError: invalid config (see `config.validate`), or a batch
+      larger than the training split.
+    errors.ResumeRefusedError: the workdir's checkpoint belongs to a run with
+      other settings, other data or another policy.
+    errors.DivergedError (`NonFiniteLossError`): the loss became NaN/inf.
+    errors.Interrupted: Ctrl-C; the current step was saved first.
   """
   t_start = time.time()
   config_lib.validate(config)
   tc = config.train
-  workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
+  workdir = utils.prepare_workdir(workdir)
 
   # Data.
   if dataset is None:
@@ -788,7 +627,7 @@ def train(config, workdir, *, dataset: Optional[input_pipeline.Dataset] = None,
   split = _train_split(dataset, tc)
   spe = input_pipeline.steps_per_epoch(split.size, tc.batch_size, True)
   if spe == 0:
-    raise ValueError(
+    raise errors.ConfigError(
         f"config.train.batch_size={tc.batch_size} exceeds the {split.size} "
         f"images of the {tc.train_split!r} split (batches drop the remainder).")
   total = config_lib.total_steps(tc, spe)
@@ -836,24 +675,43 @@ def train(config, workdir, *, dataset: Optional[input_pipeline.Dataset] = None,
     state = parallel.replicate(state, mesh)
     run_key = parallel.replicate(run_key, mesh)
 
-  # Resume.
-  ckpt = _Checkpoints(workdir / "checkpoints", tc.keep_checkpoints)
-  log = _JsonLog(workdir / "metrics.jsonl")
-  resumed_from = ckpt.latest()
+  # Resume: the newest checkpoint that restores, if it is this run's.
+  identity = utils.run_identity(config, ignore=_RESUMABLE_FIELDS,
+                                data=dataset.fingerprint(),
+                                policy=_policy_hash(policy))
+  ckpt = utils.Checkpointer(workdir / "checkpoints",
+                            keep=tc.keep_checkpoints,
+                            save_interval_steps=tc.checkpoint_every_steps)
+  resumed_from, restored, meta = ckpt.restore_latest(
+      state, with_sharding=mesh is not None)
+  meta = meta or {}
   if resumed_from is not None:
-    _check_same_run(workdir, config)
-    state = ckpt.restore(resumed_from, state, with_sharding=mesh is not None)
-    _resume_banner(resumed_from, total, workdir, ckpt.directory)
-    log.truncate_after(resumed_from)
-  elif log.enabled and log.path.exists():
-    log.path.unlink()  # metrics of a run that never checkpointed
-  if jax.process_index() == 0:
-    (workdir / "config.json").write_text(
-        json.dumps(_flat_config(config), indent=1, default=str))
+    utils.check_identity(meta.get("identity"), identity, workdir)
+    state = restored
   start = int(jax.device_get(state.step))
+  done = utils.read_json(workdir / "results.json")
+  if (resumed_from is not None and start >= total and done is not None
+      and done.get("complete") and done.get("step") == start):
+    ckpt.close()
+    logging.warning("%s holds a finished training run (step %d of %d); "
+                    "nothing was redone and no file was changed. Test "
+                    "accuracy %s.", workdir, start, total,
+                    done.get("test_accuracy"))
+    return state, done
+  if resumed_from is not None:
+    utils.resume_banner(
+        "TRAINING", workdir,
+        f"step {resumed_from} of {total} (checkpoint in {ckpt.directory}). "
+        "The parameters, BN statistics and optimiser state are those of that "
+        "checkpoint, not a fresh initialisation.")
   end = total if stop_after_step is None else min(total, int(stop_after_step))
 
-  writer, progress = _writer_and_progress(workdir, total, tc.log_every_steps)
+  writer, jsonl, tensorboard = utils.metric_writer(workdir,
+                                                   workdir / "metrics.jsonl")
+  if jax.process_index() == 0:
+    jsonl.truncate_after(resumed_from)  # None: a fresh run drops old records
+    utils.write_json(workdir / "config.json", utils.flat_config(config))
+  progress = utils.progress_reporter(total, tensorboard, tc.log_every_steps)
   logging.info(
       "Training %s (%d params) with policy %r (%d layers) on %d %s images, "
       "batch %d x %d copies, %d steps (%d per epoch), from step %d; "
@@ -865,16 +723,24 @@ def train(config, workdir, *, dataset: Optional[input_pipeline.Dataset] = None,
     res = evaluate(eval_step, state, test, batch_size=tc.eval_batch_size,
                    sharding=batch_sharding)
     res["step"] = step
-    log.write({"step": step, "epoch": step / spe, "test_loss": res["loss"],
-               "test_accuracy": res["accuracy"]})
-    writer.write_scalars(step, {"test_loss": res["loss"],
+    writer.write_scalars(step, {"epoch": step / spe,
+                                "test_loss": res["loss"],
                                 "test_accuracy": res["accuracy"]})
     logging.info("step %d (epoch %.2f): test accuracy %.4f, loss %.4f", step,
                  step / spe, res["accuracy"], res["loss"])
     return res
 
+  # The last train/test metrics travel with the checkpoint, so that a run
+  # resumed at (or killed after) its last step still reports them.
+  last_train = dict(meta.get("last_train") or {})
+  test_res = meta.get("test")
+
+  def save(at_step: int) -> None:
+    ckpt.save(at_step, state, {"identity": identity,
+                               "last_train": last_train, "test": test_res})
+
   # The loop. The loss of step s is checked while step s+1 runs.
-  window, last_train, test_res = [], {}, None
+  window = []
   pending = None  # (step, metrics) awaiting the NaN check
   timed_steps, timed_s, t_first_done = 0, 0.0, None
 
@@ -889,9 +755,9 @@ def train(config, workdir, *, dataset: Optional[input_pipeline.Dataset] = None,
           f"gradient norm {norms['grad_norm']:.4g}, parameter norm after the "
           f"update {norms['param_norm']:.4g}, learning rate "
           f"{_host_float(metrics['learning_rate']):.4g}. Last good "
-          f"checkpoint: {ckpt.latest() or 'none'} in {ckpt.directory}. Lower "
-          "config.train.learning_rate, keep config.train.grad_clip_norm > 0, "
-          "or turn off config.train.bf16.")
+          f"checkpoint: {ckpt.all_steps()[-1:] or 'none'} in "
+          f"{ckpt.directory}. Lower config.train.learning_rate, keep "
+          "config.train.grad_clip_norm > 0, or turn off config.train.bf16.")
 
   t_loop = time.time()
   step = start
@@ -920,8 +786,8 @@ def train(config, workdir, *, dataset: Optional[input_pipeline.Dataset] = None,
           first_timed = step
         window.append(metrics)
         progress(step, time.time())
-        checkpoint_now = (tc.checkpoint_every_steps and
-                          step % tc.checkpoint_every_steps == 0)
+        # The last step's evaluation and checkpoint come after the loop.
+        checkpoint_now = step < total and ckpt.should_save(step)
         eval_now = (step % spe == 0 and step < total and tc.eval_every_epochs
                     and (step // spe) % tc.eval_every_epochs == 0)
         log_now = step % tc.log_every_steps == 0 or step == end
@@ -933,14 +799,13 @@ def train(config, workdir, *, dataset: Optional[input_pipeline.Dataset] = None,
           last_train = {k: float(np.mean([m[k] for m in host]))
                         for k in host[0]}
           window = []
-          log.write({"step": step, "epoch": step / spe,
-                     **{f"train_{k}": v for k, v in last_train.items()}})
-          writer.write_scalars(step, {f"train_{k}": v
-                                      for k, v in last_train.items()})
-        if checkpoint_now:
-          ckpt.save(state)
+          writer.write_scalars(step, {
+              "epoch": step / spe,
+              **{f"train_{k}": v for k, v in last_train.items()}})
         if eval_now:
           test_res = evaluate_now(step)
+        if checkpoint_now:
+          save(step)
         if step >= end:
           break
     if pending is not None:
@@ -949,14 +814,30 @@ def train(config, workdir, *, dataset: Optional[input_pipeline.Dataset] = None,
     if t_first_done is not None:
       timed_steps = step - first_timed
       timed_s = time.time() - t_first_done
-    ckpt.save(state)
-  finally:
+    if step >= total and (test_res is None or test_res["step"] != step):
+      test_res = evaluate_now(step)
+    save(step)
+  except KeyboardInterrupt:
+    saved = None
+    try:
+      if pending is not None:
+        check(pending)
+      step = int(jax.device_get(state.step))
+      save(step)
+      ckpt.wait()
+      saved = step
+    except Exception:  # pylint: disable=broad-except
+      pass  # e.g. the state's buffers were donated to the interrupted step
     ckpt.close()
+    where = (f"saved at step {saved}" if saved is not None else
+             f"latest checkpoint: {ckpt.all_steps()[-1:] or 'none'}")
+    raise errors.Interrupted(
+        f"Interrupted at step {step} of {total}; {where} in "
+        f"{ckpt.directory}. Rerun the same command to resume.") from None
+  ckpt.close()
   train_s = time.time() - t_loop
 
   complete = step >= total
-  if complete and (test_res is None or test_res["step"] != step):
-    test_res = evaluate_now(step)
   test_res = test_res if test_res and test_res["step"] == step else {}
   images = tc.batch_size * tc.ba_copies
   metrics = {
@@ -985,7 +866,8 @@ def train(config, workdir, *, dataset: Optional[input_pipeline.Dataset] = None,
                    "summary": policy.summary(5)},
         "model": config.model.name,
         "dataset": {"name": dataset.name, "train_split": tc.train_split,
-                    "train_images": split.size, "test_images": test.size},
+                    "train_images": split.size, "test_images": test.size,
+                    "fingerprint": identity["data"]},
         "devices": [str(d) for d in jax.local_devices()],
         "num_devices": jax.device_count(),
         "num_processes": jax.process_count(),
@@ -995,7 +877,7 @@ def train(config, workdir, *, dataset: Optional[input_pipeline.Dataset] = None,
         "config": json.loads(config.to_json()) if hasattr(config, "to_json")
                   else dict(config),
     })
-    (workdir / "results.json").write_text(json.dumps(results, indent=1))
+    utils.write_json(workdir / "results.json", results)
   logging.info("%s: step %d/%d, test accuracy %s, %.1f s",
                "Done" if complete else "Stopped", step, total,
                metrics["test_accuracy"], metrics["wall_time_s"])

@@ -252,16 +252,18 @@ class JsonlWriter:
     """Keeps the records with step <= `step` (None: none, a fresh run)."""
     if not self.path.exists():
       return
+    lines = self.path.read_text().splitlines()
     kept = []
     if step is not None:
-      for line in self.path.read_text().splitlines():
+      for line in lines:
         try:
           record = json.loads(line)
         except ValueError:  # a line cut short by a kill
           continue
         if record.get(self.step_key, 0) <= step:
           kept.append(line)
-    self.path.write_text("".join(l + "\n" for l in kept))
+    if kept != lines:  # a finished run's rerun leaves the file untouched
+      self.path.write_text("".join(l + "\n" for l in kept))
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
     record = {self.step_key: int(step)}

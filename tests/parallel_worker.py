@@ -44,8 +44,9 @@ def _search(args):
   images = np.concatenate([synthetic_images(SEARCH_SIZE, s)
                            for s in range(4)])
   labels = np.arange(len(images)) % 2
-  data = SE.make_search_data(images[:16], labels[:16], images[16:],
-                             labels[16:], 2)
+  data = SE.make_search_data(
+      ip.Split(images[:16], labels[:16]),
+      ip.Split(images[16:], labels[16:]), 2)
   config = SE.default_search_config()
   config.num_images = 16  # 2 per device on 8 devices
   config.val_batch = 2

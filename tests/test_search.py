@@ -4,17 +4,29 @@ problem with a known answer, determinism and resume."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+from optax import tree_utils as otu
 import pytest
 from scipy import stats
 
+from deepaa_jax import errors
 from deepaa_jax import input_pipeline as ip
 from deepaa_jax import reward as R
 from deepaa_jax import search as SE
+from deepaa_jax import search_job
 from deepaa_jax import space as S
 from tests.conftest import synthetic_images
 from tests.test_reward import Tiny
 
 CIFAR = S.cifar_space()
+
+Split = ip.Split
+
+
+class _Pool:
+  """A pool with unchecked arrays (Split would reject them itself)."""
+
+  def __init__(self, images, labels):
+    self.images, self.labels = np.asarray(images), np.asarray(labels)
 
 
 def _model(seed=0, num_classes=2):
@@ -41,8 +53,8 @@ def _config(**overrides):
 def _data(num_classes=2):
   images = np.concatenate([synthetic_images(32, s) for s in range(3)])
   labels = np.arange(len(images)) % num_classes
-  return SE.make_search_data(images[:12], labels[:12], images[12:],
-                             labels[12:], num_classes)
+  return SE.make_search_data(Split(images[:12], labels[:12]),
+                             Split(images[12:], labels[12:]), num_classes)
 
 
 def test_initial_logits_and_keras_adam():
@@ -73,8 +85,8 @@ def test_sampler_draws_class_matched_validation_batches():
   images = np.zeros((200, 2, 2, 3), np.uint8)
   labels = np.arange(200) % 5
   images[:, 0, 0, 0] = np.arange(200)  # identify images by their pixel
-  data = SE.make_search_data(images[:100], labels[:100], images[100:],
-                             labels[100:], 5)
+  data = SE.make_search_data(Split(images[:100], labels[:100]),
+                             Split(images[100:], labels[100:]), 5)
   batch = jax.jit(lambda k: SE.sample_batch(k, data, num_images=16,
                                             val_batch=8))(jax.random.key(0))
   assert batch.images.shape == (16, 2, 2, 3)
@@ -105,11 +117,11 @@ def test_sampler_draws_class_matched_validation_batches():
 
 def test_search_data_validation():
   with pytest.raises(ValueError, match="uint8"):
-    SE.make_search_data(np.zeros((2, 4, 4, 3), np.float32), [0, 1],
-                        np.zeros((2, 4, 4, 3), np.uint8), [0, 1], 2)
+    SE.make_search_data(_Pool(np.zeros((2, 4, 4, 3), np.float32), [0, 1]),
+                        Split(np.zeros((2, 4, 4, 3), np.uint8), [0, 1]), 2)
   with pytest.raises(ValueError, match=r"labels must be in \[0, 2\)"):
-    SE.make_search_data(np.zeros((2, 4, 4, 3), np.uint8), [0, 5],
-                        np.zeros((2, 4, 4, 3), np.uint8), [0, 1], 2)
+    SE.make_search_data(Split(np.zeros((2, 4, 4, 3), np.uint8), [0, 5]),
+                        Split(np.zeros((2, 4, 4, 3), np.uint8), [0, 1]), 2)
 
 
 def _settings(**kw):
@@ -183,8 +195,8 @@ def test_stage_k_monte_carlo_estimates_converge_to_the_exact_expectation():
   errors = {}
   for size in (40, m):
     estimate = mean_grad(samples[:size])
-    errors[size] = float(R.tree_norm(jax.tree.map(jnp.subtract, estimate,
-                                                  exact)) / R.tree_norm(exact))
+    errors[size] = float(otu.tree_norm(jax.tree.map(
+        jnp.subtract, estimate, exact)) / otu.tree_norm(exact))
   assert errors[2000] < errors[40]
   assert errors[2000] < 0.05, errors
 
@@ -195,7 +207,8 @@ def test_toy_problem_moves_probability_onto_the_aligning_transform():
   search must move the probability there and raise the cosine."""
   model = _model()
   x = synthetic_images()[6][None]
-  data = SE.make_search_data(x, [0], (255 - x).astype(np.uint8), [0], 2)
+  data = SE.make_search_data(Split(x, [0]),
+                             Split((255 - x).astype(np.uint8), [0]), 2)
   config = _config(num_images=1, val_batch=1, chunk_size=139)
   logits, history = SE.search_layer(jax.random.key(0), model,
                                     np.zeros((0, 139)), data, config,
@@ -216,7 +229,7 @@ def _stage_k_known_answer(prefix_index, num_steps=120, std_coef=1.0):
   search image itself, so the best layer 2 undoes layer 1."""
   model = _model()
   x = synthetic_images()[6][None]
-  data = SE.make_search_data(x, [0], x, [0], 2)
+  data = SE.make_search_data(Split(x, [0]), Split(x, [0]), 2)
   config = _config(num_images=1, val_batch=1, chunk_size=139, gt_samples=16,
                    g_prefixes=1, std_coef=std_coef)
   earlier = np.zeros((1, 139))
@@ -366,31 +379,28 @@ def test_host_and_scan_loops_agree():
   np.testing.assert_allclose(out["host"], out["scan"], rtol=1e-5, atol=1e-6)
 
 
-class _FailingWriter:
-  """A metric writer that fails once at a given global step (a crash)."""
-
-  def __init__(self, fail_at):
-    self.fail_at = fail_at
-
-  def write_scalars(self, step, scalars):
-    del scalars
-    if step == self.fail_at:
-      raise KeyboardInterrupt(f"simulated crash at step {step}")
-
-
-def test_search_layers_resume_after_a_crash_is_bit_identical(tmp_path, caplog):
+def test_search_layers_resume_after_a_crash_is_bit_identical(
+    tmp_path, caplog, monkeypatch):
   model, data = _model(), _data()
   config = _config(num_layers=2, steps_per_layer=3, checkpoint_every_steps=2)
   key = jax.random.key(7)
-  full = SE.search_layers(key, model, data, config, tmp_path / "full")
+  full = search_job.search_layers(key, model, data, config, tmp_path / "full")
   assert full["probs"].shape == (2, 139)
   assert [r["step"] for r in full["history"]] == [1, 2, 3, 1, 2, 3]
   crashed = tmp_path / "crashed"
-  with pytest.raises(KeyboardInterrupt):  # dies in layer 2, after step 2
-    SE.search_layers(key, model, data, config, crashed,
-                     writer=_FailingWriter(fail_at=3 + 3))
+  write = search_job.utils.JsonlWriter.write_scalars
+
+  def failing_write(self, step, scalars):  # Ctrl-C in layer 2, at step 3
+    if step == 3 + 3:
+      raise KeyboardInterrupt(f"simulated Ctrl-C at step {step}")
+    write(self, step, scalars)
+
+  with monkeypatch.context() as patch:
+    patch.setattr(search_job.utils.JsonlWriter, "write_scalars", failing_write)
+    with pytest.raises(errors.Interrupted, match="Rerun the same command"):
+      search_job.search_layers(key, model, data, config, crashed)
   with caplog.at_level("WARNING"):
-    resumed = SE.search_layers(key, model, data, config, crashed)
+    resumed = search_job.search_layers(key, model, data, config, crashed)
   assert any("RESUMING the policy search" in r.getMessage()
              for r in caplog.records)
   np.testing.assert_array_equal(resumed["probs"], full["probs"])
@@ -398,7 +408,7 @@ def test_search_layers_resume_after_a_crash_is_bit_identical(tmp_path, caplog):
   assert [(r["layer"], r["step"]) for r in resumed["history"]] == [
       (r["layer"], r["step"]) for r in full["history"]]
   # A finished search resumes to the same answer without work.
-  again = SE.search_layers(key, model, data, config, crashed)
+  again = search_job.search_layers(key, model, data, config, crashed)
   np.testing.assert_array_equal(again["probs"], full["probs"])
 
 
@@ -408,7 +418,7 @@ def test_search_stops_when_a_layer_converges_to_identity(tmp_path):
   # threshold below p(Identity) at init (0.956) fires after layer 1.
   config = _config(num_layers=3, steps_per_layer=1,
                    stop_identity_threshold=0.5)
-  out = SE.search_layers(jax.random.key(0), model, data, config, tmp_path)
+  out = search_job.search_layers(jax.random.key(0), model, data, config, tmp_path)
   assert out["stopped_early"] and out["probs"].shape == (1, 139)
-  again = SE.search_layers(jax.random.key(0), model, data, config, tmp_path)
+  again = search_job.search_layers(jax.random.key(0), model, data, config, tmp_path)
   assert again["stopped_early"] and again["probs"].shape == (1, 139)

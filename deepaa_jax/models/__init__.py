@@ -21,7 +21,8 @@ tests can init once and share the variables, or use
 `jax.random.key(seed, impl="unsafe_rbg")` (~2 s).
 """
 
-from typing import Any, Callable, Dict
+import re
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -64,6 +65,27 @@ _REGISTRY: Dict[str, Callable[..., nn.Module]] = {
 }
 
 MODEL_NAMES = tuple(sorted(_REGISTRY))
+# WideResNets of any depth 6n+4 >= 10 and width k, beyond the registered
+# names: "wrn_16_4" is WRN-16-4 (PyTorch eval flavour), "wrn_16_4_search" the
+# Keras one.
+_WRN_PATTERN = re.compile(r"^wrn_(\d+)_(\d+)(_search)?$")
+
+
+def wrn_spec(name: str) -> Optional[Tuple[int, int, str]]:
+  """(depth, widen_factor, "eval" | "search") of a valid "wrn_<d>_<k>[_search]"
+  name (depth = 6n + 4 >= 10, k >= 1), else None."""
+  match = _WRN_PATTERN.match(name)
+  if not match:
+    return None
+  depth, width = int(match.group(1)), int(match.group(2))
+  if depth < 10 or (depth - 4) % 6 or width < 1:
+    return None
+  return depth, width, "search" if match.group(3) else "eval"
+
+
+def is_known_model(name: str) -> bool:
+  """Whether `get_model` builds `name`."""
+  return name in _REGISTRY or wrn_spec(name) is not None
 
 
 def get_model(name: str, *, num_classes: int, dtype: Any = jnp.float32,
@@ -71,7 +93,8 @@ def get_model(name: str, *, num_classes: int, dtype: Any = jnp.float32,
   """Builds a model by name.
 
   Args:
-    name: one of `MODEL_NAMES`.
+    name: one of `MODEL_NAMES`, or "wrn_<depth>_<k>[_search]" for any
+      WideResNet with depth = 6n + 4 >= 10.
     num_classes: logits dimension (10 / 100 for CIFAR, 1000 for ImageNet).
     dtype: computation dtype (parameters and logits stay float32).
     **kwargs: extra module fields, e.g. `dropout_rate` for WRNs or
@@ -83,10 +106,16 @@ def get_model(name: str, *, num_classes: int, dtype: Any = jnp.float32,
   Raises:
     ValueError: for an unknown name; the message lists the valid ones.
   """
-  if name not in _REGISTRY:
+  if name in _REGISTRY:
+    return _REGISTRY[name](num_classes=num_classes, dtype=dtype, **kwargs)
+  spec = wrn_spec(name)
+  if spec is None:
     raise ValueError(
-        f"Unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}")
-  return _REGISTRY[name](num_classes=num_classes, dtype=dtype, **kwargs)
+        f"Unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}, or "
+        "'wrn_<depth>_<k>[_search]' with depth = 6n+4 >= 10")
+  depth, width, variant = spec
+  return WideResNet(depth=depth, widen_factor=width, num_classes=num_classes,
+                    variant=variant, dtype=dtype, **kwargs)
 
 
 __all__ = [
@@ -97,6 +126,7 @@ __all__ = [
     "bn_param_mask",
     "count_params",
     "get_model",
+    "is_known_model",
     "merge_bn",
     "resnet18",
     "resnet200",
@@ -107,4 +137,5 @@ __all__ = [
     "wrn_10_1",
     "wrn_28_10",
     "wrn_40_2",
+    "wrn_spec",
 ]
