@@ -58,7 +58,7 @@ inside `lax.scan` are 15-28x slower on XLA:CPU), images processed
 Inputs: a finished search workdir W of `python -m deepaa_jax.main
 --config=configs/cifar10_cpu.py --workdir=W`: `W/policy.json`, and the
 pretrained search network in `W/pretrain` (or `config.pretrain_checkpoint`).
-The network is restored by `search.pretrain(config, ...)` run on a scratch
+The network is restored by `search_job.pretrain(config, ...)` run on a scratch
 copy of that folder (so the search workdir is only read; a finished
 pretraining is restored, not retrained; an unfinished one is refused). The
 config is the one saved in `policy.json` (the search's own), or `--config`.
@@ -96,6 +96,7 @@ from deepaa_jax import policy as policy_lib  # pylint: disable=g-import-not-at-t
 from deepaa_jax import reward as reward_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from deepaa_jax import search as search_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from deepaa_jax import space as space_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from deepaa_jax import search_job  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 Array = jax.Array
 PyTree = Any
@@ -389,8 +390,8 @@ def load_search_run(search_workdir, scratch_dir, *,
     shutil.rmtree(target)
   shutil.copytree(source_dir, target)
   config.pretrain_checkpoint = ""
-  dataset, splits = search_lib.load_search_pools(config)
-  model, params, batch_stats, metrics = search_lib.pretrain(config, scratch,
+  dataset, splits = search_job.load_search_pools(config)
+  model, params, batch_stats, metrics = search_job.pretrain(config, scratch,
                                                             dataset=dataset)
   if metrics.get("resumed_from_step") != finished_step or (
       metrics["step"] != finished_step):
@@ -402,7 +403,7 @@ def load_search_run(search_workdir, scratch_dir, *,
       dataset.name, phase="search", default=(dataset.mean, dataset.std))
   search_model = search_lib.make_search_model(model, params, batch_stats,
                                               mean=mean, std=std)
-  data = search_lib.search_data_from_splits(splits, dataset.num_classes)
+  data = search_job.search_data(splits, dataset.num_classes, config)
   return SearchRun(config, source, policy, search_model, data, metrics)
 
 

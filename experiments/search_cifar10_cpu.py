@@ -38,6 +38,7 @@ if str(REPO) not in sys.path:
 from deepaa_jax import config as config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from deepaa_jax import policy as policy_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from deepaa_jax import search  # pylint: disable=g-import-not-at-top,wrong-import-position
+from deepaa_jax import search_job  # pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments import low_data_cifar10 as low_data  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
@@ -61,9 +62,9 @@ def run_search(path_config, workdir):
     print(f"Reusing the finished search in {workdir}", flush=True)
     return None
   config = config_lib.load_config_file(path_config)
-  search.validate_search_config(config)
+  config_lib.validate(config)
   t0 = time.time()
-  search.run(config, workdir)
+  search_job.run(config, workdir)
   return time.time() - t0
 
 

@@ -41,6 +41,7 @@ from deepaa_jax import plots  # pylint: disable=g-import-not-at-top,wrong-import
 from deepaa_jax import policy as policy_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from deepaa_jax import search  # pylint: disable=g-import-not-at-top,wrong-import-position
 from deepaa_jax import space as space_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from deepaa_jax import search_job  # pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments import low_data_cifar10 as low_data  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
@@ -63,8 +64,8 @@ def run_search(config, workdir: pathlib.Path):
                                               "cost_report.json").is_file():
     print(f"Reusing the finished search in {workdir}", flush=True)
     return
-  search.validate_search_config(config)
-  search.run(config, workdir)
+  config_lib.validate(config)
+  search_job.run(config, workdir)
 
 
 def run_ablation(config, workdir: pathlib.Path):
@@ -76,14 +77,14 @@ def run_ablation(config, workdir: pathlib.Path):
   out.mkdir(parents=True, exist_ok=True)
   found = policy_lib.load_policy(workdir / "policy.json")
   config.pretrain_checkpoint = str(workdir / "pretrain")
-  dataset, splits = search.load_search_pools(config)
-  model, params, batch_stats, _ = search.pretrain(config, workdir,
+  dataset, splits = search_job.load_search_pools(config)
+  model, params, batch_stats, _ = search_job.pretrain(config, workdir,
                                                   dataset=dataset)
   mean, std = input_pipeline.normalization_constants(
       dataset.name, phase="search", default=(dataset.mean, dataset.std))
   search_model = search.make_search_model(model, params, batch_stats,
                                           mean=mean, std=std)
-  data = search.search_data_from_splits(splits, dataset.num_classes)
+  data = search_job.search_data(splits, dataset.num_classes, config)
   cfg = config.search
   cfg.std_coef = 0.0
   records = []

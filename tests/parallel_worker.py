@@ -108,7 +108,7 @@ def _errors(args):
 
   cfg = load_config("cifar10")
   cfg.search.num_images = 12
-  catch("validate_search", lambda: SE.validate_search_config(cfg))
+  catch("validate_search", lambda: config_lib.validate(cfg))
   search_cfg = SE.default_search_config()
   search_cfg.num_images = 12
   catch("step_settings", lambda: SE.step_settings(
@@ -116,7 +116,7 @@ def _errors(args):
   single = load_config("cifar10")
   single.search.num_images = 12
   single.search.data_parallel = False  # one device: any number of images
-  catch("validate_search_single", lambda: SE.validate_search_config(single))
+  catch("validate_search_single", lambda: config_lib.validate(single))
   train_cfg = load_config("test")
   train_cfg.train.batch_size = 12
   catch("validate_train", lambda: config_lib.validate(train_cfg))
