@@ -269,8 +269,8 @@ def section_train(sizes, deadline):
           continue
         model = _model(name, bf16=bf16)
         tx = optax.sgd(0.1, momentum=0.9, nesterov=True)
-        params, stats = train_lib._jitted_init(  # pylint: disable=protected-access
-            model, (32, 32, 3))(jax.random.key(0))
+        params, stats = train_lib._init(  # pylint: disable=protected-access
+            model, (32, 32, 3), jax.random.key(0))
         state = train_lib.TrainState(jnp.zeros((), jnp.int32), params, stats,
                                      tx.init(params))
         step_fn = train_lib.make_train_step(

@@ -38,6 +38,7 @@ data order is a pure function of (seed, epoch) and the keys of (seed, step),
 so a run killed and restarted ends with bit-identical parameters.
 """
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -51,6 +52,7 @@ from flax import traverse_util
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
@@ -237,16 +239,15 @@ def make_optimizer(train, params: PyTree,
   return optax.chain(clip, decay, sgd)
 
 
-@functools.lru_cache(maxsize=16)
-def _jitted_init(model: nn.Module, image_shape: Tuple[int, ...]):
-  """One compiled `model.init` per (model, image shape); init compiles
-  slowly on CPU (~7 s for WRN-10-1), so it is compiled once per process."""
-  def init(key):
-    variables = model.init({"params": key, "shake": key, "dropout": key},
-                           jnp.zeros((1,) + tuple(image_shape), jnp.float32),
-                           train=False)
-    return variables["params"], variables.get("batch_stats", {})
-  return jax.jit(init)
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _init(model: nn.Module, image_shape: Tuple[int, ...], key: Array):
+  """(params, batch_stats) of `model` for images of `image_shape`; compiled
+  once per (model, shape) by jit's own cache (init compiles slowly on CPU,
+  ~7 s for WRN-10-1)."""
+  variables = model.init({"params": key, "shake": key, "dropout": key},
+                         jnp.zeros((1,) + tuple(image_shape), jnp.float32),
+                         train=False)
+  return variables["params"], variables.get("batch_stats", {})
 
 
 def create_train_state(key: Array, config, model: nn.Module,
@@ -267,7 +268,7 @@ def create_train_state(key: Array, config, model: nn.Module,
   Returns:
     TrainState at step 0.
   """
-  params, batch_stats = _jitted_init(model, tuple(image_shape))(key)
+  params, batch_stats = _init(model, tuple(image_shape), key)
   if tx is None:
     tx = make_optimizer(config.train, params, 1)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
@@ -377,16 +378,108 @@ def _forward_train(model: nn.Module, params, batch_stats, x: Array,
           jax.tree.map(lambda s: jnp.mean(s, axis=0), stats))
 
 
+@dataclasses.dataclass(frozen=True)
+class OptimizerSpec:
+  """The optimiser and schedule of `config.train`, as a hashable value: the
+  compiled step is found again for an equal spec (`StepSettings`).
+
+  Attributes:
+    train: the `config.train` fields that shape the optimiser (frozen).
+    steps_per_epoch: for the learning-rate schedule.
+  """
+  train: ml_collections.FrozenConfigDict
+  steps_per_epoch: int
+
+  def build(self, params: PyTree) -> optax.GradientTransformation:
+    return make_optimizer(self.train, params, self.steps_per_epoch)
+
+  def schedule(self) -> optax.Schedule:
+    return learning_rate_schedule(self.train, self.steps_per_epoch)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSettings:
+  """Everything static about a train step, hashable by value. The step is
+  one module-level `jax.jit` with these settings as its static argument, so
+  repeated runs in one process (tests, notebooks, sweeps) reuse its
+  compilation through jit's own cache."""
+  model: nn.Module
+  policy_key: Tuple[Any, ...]  # (name, space, shape, probability bytes)
+  optimizer: Any  # an `OptimizerSpec`, or an optax GradientTransformation
+  schedule: Any  # an optax schedule (for the metrics), or None
+  mean: Tuple[float, ...]
+  std: Tuple[float, ...]
+  ba_copies: int
+  groups: int
+  random_sign: bool
+  augment_method: str
+  mesh: Any
+  policy: policy_lib.Policy = dataclasses.field(compare=False, hash=False)
+
+
+def _train_step(settings: StepSettings, state: TrainState, batch,
+                key: Array):
+  """One optimiser step; see `make_train_step`."""
+  tx, schedule = settings.optimizer, settings.schedule
+  if isinstance(tx, OptimizerSpec):
+    tx, schedule = tx.build(state.params), tx.schedule()
+  k = step_key(key, state.step)
+  k_aug, k_model = jax.random.fold_in(k, 0), jax.random.fold_in(k, 1)
+  if settings.mesh is None:
+    images = augment_batch(k_aug, batch["image"], settings.policy,
+                           copies=settings.ba_copies,
+                           random_sign=settings.random_sign,
+                           method=settings.augment_method)
+  else:
+    images = augment_batch_sharded(
+        k_aug, batch["image"], settings.policy, mesh=settings.mesh,
+        copies=settings.ba_copies, random_sign=settings.random_sign,
+        method=settings.augment_method)
+  labels = jnp.tile(batch["label"], settings.ba_copies)
+  x = input_pipeline.normalize(images, settings.mean, settings.std)
+
+  def loss_fn(params):
+    logits, stats = _forward_train(settings.model, params, state.batch_stats,
+                                   x, k_model, groups=settings.groups)
+    return jnp.mean(cross_entropy(logits, labels)), (logits, stats)
+
+  (loss, (logits, stats)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {
+      "loss": loss,
+      "accuracy": jnp.mean((jnp.argmax(logits, -1) == labels).astype(
+          jnp.float32)),
+      "grad_norm": optax.global_norm(grads),
+      "param_norm": optax.global_norm(params),
+      "learning_rate": (schedule(state.step) if schedule is not None
+                        else jnp.float32(jnp.nan)),
+  }
+  new_state = state.replace(step=state.step + 1, params=params,
+                            batch_stats=stats, opt_state=opt_state)
+  if settings.mesh is not None:  # the new state is replicated
+    new_state, metrics = jax.lax.with_sharding_constraint(
+        (new_state, metrics), parallel.replicated(settings.mesh))
+  return new_state, metrics
+
+
+_train_step_donating = jax.jit(_train_step, static_argnums=0,
+                               donate_argnums=1)
+_train_step_keeping = jax.jit(_train_step, static_argnums=0)
+
+
 def make_train_step(model: nn.Module, policy: policy_lib.Policy,
-                    tx: optax.GradientTransformation, *,
-                    mean, std, schedule: Optional[optax.Schedule] = None,
+                    tx, *, mean, std, schedule: Optional[optax.Schedule] = None,
                     ba_copies: int = 1, ba_per_copy_bn: bool = True,
                     random_sign: bool = False, augment_method: str = "auto",
                     donate: bool = True, mesh=None) -> Callable:
   """The compiled training step `train_step(state, batch, key)`.
 
   Args:
-    model, policy, tx: closed over (static).
+    model, policy: static.
+    tx: an optax GradientTransformation, or an `OptimizerSpec` (which also
+      supplies the schedule, and makes the compiled step reusable by value).
     mean, std: per-channel normalisation constants in [0, 1] units.
     schedule: learning-rate schedule, only to report the lr in the metrics.
     ba_copies: M, Batch Augmentation copies per image.
@@ -409,49 +502,27 @@ def make_train_step(model: nn.Module, policy: policy_lib.Policy,
     "accuracy", "grad_norm" (before clipping), "param_norm" (after the
     update), "learning_rate".
   """
-  mean = tuple(float(v) for v in mean)
-  std = tuple(float(v) for v in std)
-  groups = ba_copies if (ba_copies > 1 and ba_per_copy_bn) else 1
+  settings = StepSettings(
+      model=model, policy_key=_policy_fingerprint(policy), optimizer=tx,
+      schedule=schedule, mean=tuple(float(v) for v in mean),
+      std=tuple(float(v) for v in std), ba_copies=int(ba_copies),
+      groups=ba_copies if (ba_copies > 1 and ba_per_copy_bn) else 1,
+      random_sign=bool(random_sign), augment_method=augment_method,
+      mesh=mesh, policy=policy)
+  step = _train_step_donating if donate else _train_step_keeping
+  return functools.partial(step, settings)
 
-  def train_step(state: TrainState, batch, key: Array):
-    k = step_key(key, state.step)
-    k_aug, k_model = jax.random.fold_in(k, 0), jax.random.fold_in(k, 1)
-    if mesh is None:
-      images = augment_batch(k_aug, batch["image"], policy, copies=ba_copies,
-                             random_sign=random_sign, method=augment_method)
-    else:
-      images = augment_batch_sharded(
-          k_aug, batch["image"], policy, mesh=mesh, copies=ba_copies,
-          random_sign=random_sign, method=augment_method)
-    labels = jnp.tile(batch["label"], ba_copies)
-    x = input_pipeline.normalize(images, mean, std)
 
-    def loss_fn(params):
-      logits, stats = _forward_train(model, params, state.batch_stats, x,
-                                     k_model, groups=groups)
-      return jnp.mean(cross_entropy(logits, labels)), (logits, stats)
-
-    (loss, (logits, stats)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = {
-        "loss": loss,
-        "accuracy": jnp.mean((jnp.argmax(logits, -1) == labels).astype(
-            jnp.float32)),
-        "grad_norm": optax.global_norm(grads),
-        "param_norm": optax.global_norm(params),
-        "learning_rate": (schedule(state.step) if schedule is not None
-                          else jnp.float32(jnp.nan)),
-    }
-    new_state = state.replace(step=state.step + 1, params=params,
-                              batch_stats=stats, opt_state=opt_state)
-    return new_state, metrics
-
-  if mesh is not None:
-    return jax.jit(train_step, donate_argnums=(0,) if donate else (),
-                   out_shardings=parallel.replicated(mesh))
-  return jax.jit(train_step, donate_argnums=(0,) if donate else ())
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _eval_step(model: nn.Module, mean: Tuple[float, ...],
+               std: Tuple[float, ...], state: TrainState, batch):
+  x = input_pipeline.normalize(batch["image"], mean, std)
+  logits = model.apply({"params": state.params,
+                        "batch_stats": state.batch_stats}, x, train=False)
+  mask = batch["mask"]
+  correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+  return {"loss_sum": jnp.sum(cross_entropy(logits, batch["label"]) * mask),
+          "correct": jnp.sum(correct * mask), "count": jnp.sum(mask)}
 
 
 def make_eval_step(model: nn.Module, *, mean, std) -> Callable:
@@ -466,32 +537,8 @@ def make_eval_step(model: nn.Module, *, mean, std) -> Callable:
     over the examples with batch["mask"] = 1; batch holds "image"
     uint8[B, H, W, 3], "label" int32[B], "mask" float32[B] (0 for padding).
   """
-  mean = tuple(float(v) for v in mean)
-  std = tuple(float(v) for v in std)
-
-  def eval_step(state: TrainState, batch):
-    x = input_pipeline.normalize(batch["image"], mean, std)
-    logits = model.apply({"params": state.params,
-                          "batch_stats": state.batch_stats}, x, train=False)
-    mask = batch["mask"]
-    correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
-    return {"loss_sum": jnp.sum(cross_entropy(logits, batch["label"]) * mask),
-            "correct": jnp.sum(correct * mask), "count": jnp.sum(mask)}
-
-  return jax.jit(eval_step)
-
-
-_STEP_CACHE: Dict[Any, Any] = {}
-
-
-def _cached(key, build):
-  """Compiled functions per static setting, so repeated runs in one process
-  (tests, notebooks, sweeps) do not recompile."""
-  if key not in _STEP_CACHE:
-    if len(_STEP_CACHE) > 16:
-      _STEP_CACHE.clear()
-    _STEP_CACHE[key] = build()
-  return _STEP_CACHE[key]
+  return functools.partial(_eval_step, model, tuple(float(v) for v in mean),
+                           tuple(float(v) for v in std))
 
 
 def evaluate(eval_step: Callable, state: TrainState,
@@ -509,6 +556,9 @@ def evaluate(eval_step: Callable, state: TrainState,
   Returns:
     {"loss": mean CE, "accuracy": fraction correct, "count": N}.
   """
+  if split.size == 0:  # never a metric from zero examples
+    raise errors.DataError("the evaluation split has no examples; no test "
+                           "metric can be computed.")
   totals = np.zeros(3, np.float64)
   for batch in input_pipeline.batches(split, batch_size, seed=0, epoch=0,
                                       shuffle=False, drop_last=False):
@@ -522,9 +572,9 @@ def evaluate(eval_step: Callable, state: TrainState,
     }
     out = jax.device_get(eval_step(state, _put(batch, sharding)))
     totals += [out["loss_sum"], out["correct"], out["count"]]
-  count = max(totals[2], 1.0)
+  count = totals[2]
   return {"loss": float(totals[0] / count),
-          "accuracy": float(totals[1] / count), "count": int(totals[2])}
+          "accuracy": float(totals[1] / count), "count": int(count)}
 
 
 # ---------------------------------------------------------------------------
@@ -637,7 +687,7 @@ def train(config, workdir, *, dataset: Optional[input_pipeline.Dataset] = None,
     mean, std = input_pipeline.normalization_constants(
         dataset.name, phase="search", default=(mean, std))
 
-  # Model, policy, optimiser (compiled pieces cached per static setting).
+  # Model, policy, optimiser (compiled steps are found again by value).
   num_classes = int(config.model.num_classes) or dataset.num_classes
   model = build_model(config.model, num_classes=num_classes, bf16=tc.bf16)
   policy = policy_lib.make_policy(config.policy,
@@ -645,27 +695,18 @@ def train(config, workdir, *, dataset: Optional[input_pipeline.Dataset] = None,
   root = jax.random.key(tc.seed)
   init_key, run_key = (jax.random.fold_in(root, _TAG_INIT),
                        jax.random.fold_in(root, _TAG_STEP))
-  init = _jitted_init(model, tuple(dataset.image_shape))
-  params0, stats0 = init(init_key)
-  static = {k: v for k, v in tc.to_dict().items() if k not in _NOT_STATIC}
+  params0, stats0 = _init(model, tuple(dataset.image_shape), init_key)
   # Devices: data parallel over every device of every process (the batch
   # split on axis 0, each process feeding its rows); None: one device.
   mesh = parallel.make_mesh() if jax.device_count() > 1 else None
-  tx_key = (model, _policy_fingerprint(policy), repr(sorted(static.items())),
-            spe, tuple(mean), tuple(std), mesh)
-
-  def build():
-    tx = make_optimizer(tc, params0, spe)
-    step = make_train_step(
-        model, policy, tx, mean=mean, std=std,
-        schedule=learning_rate_schedule(tc, spe), ba_copies=tc.ba_copies,
-        ba_per_copy_bn=tc.ba_per_copy_bn, random_sign=tc.random_sign,
-        augment_method=tc.augment_method, mesh=mesh)
-    return tx, step
-
-  tx, train_step = _cached(("train",) + tx_key, build)
-  eval_step = _cached(("eval", model, tuple(mean), tuple(std)),
-                      lambda: make_eval_step(model, mean=mean, std=std))
+  optimizer = OptimizerSpec(ml_collections.FrozenConfigDict(
+      {k: v for k, v in tc.to_dict().items() if k not in _NOT_STATIC}), spe)
+  tx = optimizer.build(params0)
+  train_step = make_train_step(
+      model, policy, optimizer, mean=mean, std=std, ba_copies=tc.ba_copies,
+      ba_per_copy_bn=tc.ba_per_copy_bn, random_sign=tc.random_sign,
+      augment_method=tc.augment_method, mesh=mesh)
+  eval_step = make_eval_step(model, mean=mean, std=std)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params0,
                      batch_stats=stats0, opt_state=tx.init(params0))
   num_params = models.count_params(params0)
@@ -701,7 +742,8 @@ def train(config, workdir, *, dataset: Optional[input_pipeline.Dataset] = None,
   if resumed_from is not None:
     utils.resume_banner(
         "TRAINING", workdir,
-        f"step {resumed_from} of {total} (checkpoint in {ckpt.directory}). "
+        f"It continues from step {resumed_from} of {total} (checkpoint in "
+        f"{ckpt.directory}). "
         "The parameters, BN statistics and optimiser state are those of that "
         "checkpoint, not a fresh initialisation.")
   end = total if stop_after_step is None else min(total, int(stop_after_step))
