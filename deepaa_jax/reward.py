@@ -30,11 +30,12 @@ XLA:CPU, jax-ml/jax#12868).
 
 import dataclasses
 import functools
-from typing import Any, Callable, Sequence, Tuple
+from typing import Any, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 import optax
+from optax import tree_utils as otu
 
 from deepaa_jax import models
 
@@ -84,25 +85,16 @@ def split_frozen(params: PyTree, batch_stats: PyTree) -> Tuple[PyTree, PyTree]:
 
 
 # --------------------------------------------------------------------------
-# Tree algebra.
+# Tree algebra: optax.tree_utils (`tree_vdot` contracts at
+# Precision.HIGHEST, `tree_norm` is the global L2 norm; both keep the trees'
+# dtype: float32 in, float32 out). Over trees with a leading group axis G
+# they are jax.vmap-ed, giving [G].
 # --------------------------------------------------------------------------
-
-
-def tree_dot(a: PyTree, b: PyTree) -> Array:
-  """sum of a * b over all leaves (float32 scalar, or [G] for grouped trees
-  when `a` and `b` carry a leading group axis and are vmapped)."""
-  return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a),
-                                            jax.tree.leaves(b)))
-
-
-def tree_norm(a: PyTree) -> Array:
-  """Global L2 norm over all leaves."""
-  return jnp.sqrt(tree_dot(a, a))
 
 
 def tangent(v: PyTree, g: PyTree) -> PyTree:
   """u = v - (v.g / |g|^2) g: the component of v orthogonal to g."""
-  coef = tree_dot(v, g) / tree_dot(g, g)
+  coef = otu.tree_vdot(v, g) / otu.tree_vdot(g, g)
   return jax.tree.map(lambda a, b: a - coef * b, v, g)
 
 
@@ -257,7 +249,7 @@ def jacobian_rewards(loss: PerExampleLoss, w: PyTree, frozen: PyTree,
     img, lab, gi = chunk
     rows = _per_example_grads(loss, w, frozen, img, lab)  # [chunk, D] as trees
     tan = jax.tree.map(lambda t: t[gi], u)
-    return jax.vmap(lambda g: tree_dot(g, tan))(rows)
+    return jax.vmap(lambda g: otu.tree_vdot(g, tan))(rows)
 
   return jax.lax.map(chunk_fn, xs).reshape(groups, n)
 
@@ -310,12 +302,7 @@ def policy_loss(logits: Array, reward: Array, *, scale: float) -> Array:
 
 def cosine(v: PyTree, g: PyTree) -> Array:
   """cos(v, g) over all leaves."""
-  return tree_dot(v, g) / (tree_norm(v) * tree_norm(g))
-
-
-def grouped(fn: Callable) -> Callable:
-  """vmaps a function of trees over the leading (group) axis."""
-  return jax.vmap(fn)
+  return otu.tree_vdot(v, g) / (otu.tree_norm(v) * otu.tree_norm(g))
 
 
 @functools.partial(jax.jit, static_argnames=("loss", "chunk_size",
@@ -337,9 +324,9 @@ def rewards_from_gradients(loss: PerExampleLoss, w: PyTree, frozen: PyTree,
     (rewards float32[G, N], cos float32[G], g_norm float32[G],
      v_norm float32[G]).
   """
-  u = grouped(tangent)(v, g)
-  g_norm = grouped(tree_norm)(g)
-  v_norm = grouped(tree_norm)(v)
+  u = jax.vmap(tangent)(v, g)
+  g_norm = jax.vmap(otu.tree_norm)(g)
+  v_norm = jax.vmap(otu.tree_norm)(v)
   if method == "jvp":
     jvp = jvp_rewards(loss, w, frozen, images, labels, u,
                       chunk_size=chunk_size)
@@ -350,7 +337,7 @@ def rewards_from_gradients(loss: PerExampleLoss, w: PyTree, frozen: PyTree,
     raise ValueError(f"reward method must be one of {REWARD_METHODS}, got "
                      f"{method!r}")
   rewards = normalize_rewards(jvp, g_norm, v_norm, normalization=normalization)
-  cos = grouped(tree_dot)(v, g) / (g_norm * v_norm)
+  cos = jax.vmap(otu.tree_vdot)(v, g) / (g_norm * v_norm)
   return rewards, cos, g_norm, v_norm
 
 

@@ -3,6 +3,7 @@
 import os
 import pathlib
 
+import jax
 import numpy as np
 import pytest
 
@@ -39,6 +40,18 @@ def synthetic_images(size=32, seed=0):
       blob,
   ]
   return np.clip(np.stack(images), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def fast_compiles():
+  """Turns XLA's optimisations mostly off for one test module (fast compiles
+  of tiny networks, as flax examples' train_test.py), restoring the previous
+  setting after the module's last test. Not autouse: a module opts in with
+  `pytestmark = pytest.mark.usefixtures("fast_compiles")`."""
+  old = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", old)
 
 
 @pytest.fixture(scope="session")

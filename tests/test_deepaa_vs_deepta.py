@@ -17,12 +17,7 @@ from tests.test_reward import Tiny
 CIFAR = S.cifar_space()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compiles():
-  old = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", old)
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from scipy import stats
 
 from benchmarks import pil_reference as ref
 from deepaa_jax import ops
+from deepaa_jax import space as space_lib
 from tests.conftest import synthetic_images
 
 TABLE = ref.transform_table(ref.CIFAR_OPS)
@@ -350,18 +351,59 @@ def test_cutout60_matches_pillow():
 # --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["ShearX", "Rotate", "Equalize", "Contrast",
-                                  "Sharpness", "Posterize", "AutoContrast"])
-def test_jit_equals_eager_and_vmap_equals_loop(name, test_images):
-  fn = DETERMINISTIC[name]
-  _, values = _levels(name)
-  value = jnp.float32(values[min(2, len(values) - 1)])
-  images = jnp.asarray(test_images[:4], jnp.float32)
-  eager = np.stack([np.asarray(fn(x, value)) for x in images])
-  jitted = np.stack([np.asarray(jax.jit(fn)(x, value)) for x in images])
-  vmapped = np.asarray(jax.vmap(fn, in_axes=(0, None))(images, value))
+# Every op of the two search spaces, as (image, value, key) -> image; the
+# deterministic ops ignore the key, the random ops the value. Resized crops
+# are resized back to the input size. The test images are 16 x 16, but 64 x
+# 64 for RandCutout60 (smaller images are covered by the 60 px patch whatever
+# the key) and 32 x 32 for the resized crop.
+SEARCH_SPACE_OPS = {
+    **{name: (lambda f: lambda x, v, k: f(x, v))(fn)
+       for name, fn in DETERMINISTIC.items()},
+    "RandFlip": lambda x, v, k: ops.random_flip(k, x),
+    "RandCutout": lambda x, v, k: ops.random_cutout(k, x),
+    "RandCrop": lambda x, v, k: ops.random_pad_crop(k, x),
+    "RandCutout60": lambda x, v, k: ops.random_cutout(k, x, size=60),
+    "RandResizeCrop_imagenet": lambda x, v, k: ops.random_resized_crop(
+        k, x, size=x.shape[:2]),
+}
+IMAGENET_ONLY = ("RandCutout60", "RandResizeCrop_imagenet")
+
+
+def test_contract_tests_cover_every_op_of_both_search_spaces():
+  used = set(space_lib.cifar_space().op_names) | set(
+      space_lib.imagenet_space().op_names)
+  assert set(SEARCH_SPACE_OPS) == used
+
+
+@pytest.mark.parametrize("name", sorted(SEARCH_SPACE_OPS))
+def test_jit_equals_eager_and_vmap_equals_loop(name):
+  """Two images, each with its own magnitude (two different levels) and key,
+  vmapped over all three. Exact equality: every op returns integer pixel
+  values (asserted), computed by PIL's integer or fixed-point arithmetic, so
+  the compiled and batched programs must agree to the bit."""
+  size = {"RandCutout60": 64, "RandResizeCrop_imagenet": 32}.get(name, 16)
+  images = jnp.asarray(synthetic_images(size)[np.array([0, 6])], jnp.float32)
+  space = space_lib.imagenet_space() if name in IMAGENET_ONLY else (
+      space_lib.cifar_space())
+  values = space.value_array[space.op_array == space.op_names.index(name)]
+  values = jnp.asarray([values[min(1, len(values) - 1)], values[-1]],
+                       jnp.float32)
+  # Keys 2 and 3 draw different flips, crops, cutouts and boxes, so mixing
+  # up the keys under vmap changes the output.
+  keys = jnp.stack([jax.random.key(2), jax.random.key(3)])
+  fn = SEARCH_SPACE_OPS[name]
+  eager = np.stack([np.asarray(fn(x, v, k))
+                    for x, v, k in zip(images, values, keys)])
+  jitted = np.stack([np.asarray(jax.jit(fn)(x, v, k))
+                     for x, v, k in zip(images, values, keys)])
+  vmapped = np.asarray(jax.jit(jax.vmap(fn))(images, values, keys))
+  assert eager.shape == images.shape and eager.dtype == np.float32
+  np.testing.assert_array_equal(eager, np.clip(np.round(eager), 0, 255))
   np.testing.assert_array_equal(jitted, eager)
   np.testing.assert_array_equal(vmapped, eager)
+  if name.startswith("Rand"):
+    swapped = np.asarray(fn(images[0], values[0], keys[1]))
+    assert not np.array_equal(swapped, eager[0]), "keys 2, 3 draw alike"
 
 
 def test_magnitude_is_traced_without_retracing():
@@ -378,15 +420,49 @@ def test_magnitude_is_traced_without_retracing():
   assert len(traces) == 1
 
 
-def test_random_ops_are_deterministic_per_key_and_independent_across_keys():
-  image = jnp.asarray(synthetic_images()[0], jnp.float32)
-  k1, k2 = jax.random.key(7), jax.random.key(8)
-  np.testing.assert_array_equal(ops.random_cutout(k1, image),
-                                ops.random_cutout(k1, image))
-  np.testing.assert_array_equal(ops.random_pad_crop(k1, image),
-                                ops.random_pad_crop(k1, image))
-  keys = jax.random.split(jax.random.key(9), 200)
-  crops = np.asarray(jax.vmap(ops.sample_crop_offsets)(keys))
-  assert len({tuple(c) for c in crops}) > 40
-  assert not np.array_equal(ops.sample_cutout_center(k1, 32, 32),
-                            ops.sample_cutout_center(k2, 32, 32))
+def test_random_ops_outputs_over_many_keys_follow_the_documented_law():
+  """The random ops as the search applies them (`random_flip`,
+  `random_pad_crop`, `random_cutout`; the sampler tests above check only the
+  draws), on one non-square noise image over 2000 keys: every output is one
+  of the documented candidates (the image or its mirror; one of the 81 pad-4
+  crops), and the empirical law of the outputs is the documented one: flips
+  in half of the keys (binomial test), the 81 crop offsets equally often
+  (chi-square), and each column / row covered by the 16 px cutout as often as
+  a centre uniform on [0, W) x [0, H) implies (binomial tests; a swapped or
+  shrunk centre range fails them)."""
+  height, width = 12, 20
+  image = jnp.asarray(np.random.default_rng(0).integers(
+      0, 256, (height, width, 3)), jnp.float32)
+  keys = jax.random.split(jax.random.key(9), 2000)
+  n = len(keys)
+
+  flipped = np.asarray(jax.vmap(ops.random_flip, in_axes=(0, None))(
+      keys, image))
+  mirror = np.asarray(image)[:, ::-1]
+  is_flip = (flipped == mirror).all(axis=(1, 2, 3))
+  is_same = (flipped == np.asarray(image)).all(axis=(1, 2, 3))
+  assert (is_flip ^ is_same).all()
+  assert stats.binomtest(int(is_flip.sum()), n, 0.5).pvalue > 1e-4
+
+  cropped = np.asarray(jax.vmap(ops.random_pad_crop, in_axes=(0, None))(
+      keys, image))
+  offsets = [(t, l) for t in range(9) for l in range(9)]
+  candidates = np.stack([np.asarray(ops.pad_crop(image, jnp.asarray(o)))
+                         for o in offsets])
+  match = (cropped[:, None] == candidates[None]).all(axis=(2, 3, 4))
+  assert (match.sum(axis=1) == 1).all()  # the 81 crops are all distinct
+  counts = match.sum(axis=0)
+  assert stats.chisquare(counts).pvalue > 1e-4, counts
+
+  cut = np.asarray(jax.vmap(ops.random_cutout, in_axes=(0, None))(
+      keys, image))
+  # Noise pixels that happen to equal the fill would hide the patch.
+  assert not (np.asarray(image) == np.asarray(ops.GREY_FILL)).all(-1).any()
+  patch = (cut != np.asarray(image)).any(-1)  # [n, H, W]
+  for axis, length in ((1, width), (2, height)):
+    covered = patch.any(axis=axis).sum(axis=0)  # per column (row)
+    for i, count in enumerate(covered):
+      # Covered iff |floor(c) - i| <= 8, floor(c) uniform on {0..length-1}.
+      p = sum(abs(c - i) <= 8 for c in range(length)) / length
+      assert stats.binomtest(int(count), n, p).pvalue > 1e-4, (axis, i,
+                                                                count, p)
