@@ -180,29 +180,23 @@ def learning_rate_schedule(train, steps_per_epoch: int) -> optax.Schedule:
   Returns:
     A function int step count -> float32 learning rate (jit-able).
   """
-  spe = float(steps_per_epoch)
-  total = float(config_lib.total_steps(train, steps_per_epoch))
-  peak, init = float(train.learning_rate), float(train.warmup_init_lr)
-  floor = float(train.min_lr)
+  spe = steps_per_epoch
+  total = config_lib.total_steps(train, spe)
+  peak = float(train.learning_rate)
   warm = float(train.warmup_epochs) * spe
-  kind = train.schedule
-  milestones = tuple(float(m) * spe for m in train.step_milestones)
-  factor = float(train.step_factor)
-
-  def schedule(count):
-    s = jnp.asarray(count, jnp.float32)
-    if kind == "cosine":
-      progress = jnp.clip((s - warm) / max(total - warm, 1.0), 0.0, 1.0)
-      after = floor + (peak - floor) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
-    else:
-      drops = sum((s - warm >= m).astype(jnp.float32) for m in milestones)
-      after = peak * jnp.power(jnp.float32(factor), drops)
-    if warm > 0:
-      ramp = init + (peak - init) * s / warm
-      return jnp.where(s < warm, ramp, after).astype(jnp.float32)
-    return jnp.asarray(after, jnp.float32)
-
-  return schedule
+  if train.schedule == "cosine":
+    after = optax.cosine_decay_schedule(
+        peak, decay_steps=max(total - warm, 1.0),
+        alpha=float(train.min_lr) / peak)
+  else:  # "step": milestones count from the end of warm-up
+    after = optax.piecewise_constant_schedule(
+        peak, {int(round(float(m) * spe)): float(train.step_factor)
+               for m in train.step_milestones})
+  if warm <= 0:
+    return after
+  return optax.join_schedules(
+      [optax.linear_schedule(float(train.warmup_init_lr), peak, warm), after],
+      [warm])
 
 
 def make_optimizer(train, params: PyTree,

@@ -104,3 +104,15 @@ def test_search_job_end_to_end(tmp_path):
   from deepaa_jax import search  # pylint: disable=g-import-not-at-top
   init = np.exp(search.initial_logits(139, "identity"))
   assert np.abs(found.probs[0] - init / init.sum()).max() > 1e-4
+  # Rerunning the finished search redoes nothing and changes no file (issue
+  # 11, finding 5): every byte of the workdir is as it was.
+  files = {p: p.read_bytes() for p in sorted(workdir.rglob("*"))
+           if p.is_file()}
+  again = subprocess.run(
+      [sys.executable, "-m", "deepaa_jax.main", f"--config={config}",
+       f"--workdir={workdir}"], cwd=tmp_path, env=env, capture_output=True,
+      text=True, timeout=900)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "finished search" in again.stderr
+  assert {p: p.read_bytes() for p in sorted(workdir.rglob("*"))
+          if p.is_file()} == files

@@ -166,8 +166,7 @@ def test_batch_augmentation_loss_is_mean_over_all_copies():
   b, m = 4, 3
   model = train.build_model(ml_collections.ConfigDict({"name": "wrn_10_1"}),
                             num_classes=4)
-  params, stats = train._jitted_init(model, (SIZE, SIZE, 3))(
-      jax.random.key(0))
+  params, stats = train._init(model, (SIZE, SIZE, 3), jax.random.key(0))
   policy = policy_lib.baseline("deepta", space_lib.cifar_space(),
                                num_layers=1)
   tx = optax.sgd(0.1)
@@ -305,7 +304,7 @@ def test_weight_decay_masks():
 def test_weight_decay_mask_on_a_real_model():
   model = train.build_model(ml_collections.ConfigDict({"name": "wrn_10_1"}),
                             num_classes=4)
-  params, _ = train._jitted_init(model, (SIZE, SIZE, 3))(jax.random.key(0))
+  params, _ = train._init(model, (SIZE, SIZE, 3), jax.random.key(0))
   flat = jax.tree_util.tree_flatten_with_path(
       train.weight_decay_mask(params, kind="non_bn"))[0]
   for path, decay in flat:
