@@ -289,6 +289,7 @@ def default_input_config():
   config.train_subset = 0
   config.subset_class_balanced = True
   config.subset_seed = 0
+  config.lock()  # a typo inside a config file fails like one on the command line
   return config
 
 
