@@ -34,13 +34,17 @@ import json
 import math
 import pathlib
 from typing import Any, Dict, Mapping, Optional, Sequence
+import zipfile
+import zlib
 
 from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deepaa_jax import errors
 from deepaa_jax import space as space_lib
+from deepaa_jax.errors import PolicyFileError
 
 Array = jax.Array
 
@@ -50,10 +54,6 @@ KINDS = ("none", "standard", "standard_cutout", "trivialaugment", "deepta",
 # Rows must sum to one within this tolerance; the official float32 files are
 # within ~1.2e-7.
 _SUM_TOLERANCE = 1e-5
-
-
-class PolicyFileError(ValueError):
-  """A policy file is corrupt, truncated, or does not fit the search space."""
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -237,6 +237,61 @@ def baseline(kind: str, space: space_lib.SearchSpace, *,
 # The authors' npz files.
 # --------------------------------------------------------------------------
 
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip (npz) archive, or empty
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def _read_npz(path: pathlib.Path) -> Dict[str, np.ndarray]:
+  """Every array of the npz archive at `path`, read without pickles.
+
+  Raises:
+    FileNotFoundError: no such file.
+    PolicyFileError: the file is not an npz archive (a text or JSON file, a
+      single .npy array, a directory), or is truncated or corrupt; the
+      message names the file and what it is instead.
+  """
+  prefix = f"{path}: not a readable npz policy file"
+  if path.is_dir():
+    raise PolicyFileError(f"{prefix}: it is a directory")
+  try:
+    with open(path, "rb") as f:
+      head = f.read(64)
+  except FileNotFoundError:
+    raise
+  except OSError as e:
+    raise PolicyFileError(f"{prefix}: {e}") from e
+  if head.startswith(_NPY_MAGIC):
+    raise PolicyFileError(f"{prefix}: it is a .npy file (one array); a policy "
+                          "npz holds several named arrays (np.savez)")
+  if not head.startswith(_ZIP_MAGIC):
+    if not head:
+      what = "the file is empty"
+    elif head.lstrip().startswith(b"{"):
+      what = ("it looks like a JSON policy (read it with load_policy, "
+              "config.policy.kind='file')")
+    else:
+      what = f"it starts with {head[:16]!r}, not a zip header"
+    raise PolicyFileError(f"{prefix}: not an npz archive; {what}")
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      return {k: np.asarray(data[k]) for k in data.files}
+  except (zipfile.BadZipFile, EOFError, zlib.error) as e:
+    raise PolicyFileError(f"{prefix}: the archive is truncated or corrupt "
+                          f"({type(e).__name__}: {e})") from e
+  except ValueError as e:  # object (pickled) arrays, malformed .npy headers
+    raise PolicyFileError(f"{prefix}: a member is not a plain array ({e})"
+                          ) from e
+  except Exception as e:  # anything else a damaged archive raises
+    raise PolicyFileError(f"{prefix}: {type(e).__name__}: {e}") from e
+
+
+def _scalar_int(value: np.ndarray) -> Optional[int]:
+  """The integer in a one-element numeric array (18, 18.0), else None."""
+  if value.size != 1 or value.dtype.kind not in "iuf":
+    return None
+  number = value.reshape(()).item()
+  return int(number) if float(number).is_integer() else None
+
 
 def load_official_npz(path, *, cutout60: bool = True) -> Policy:
   """Reads one of the authors' `policy_DeepAA_*.npz` files (spec §3.1).
@@ -251,31 +306,44 @@ def load_official_npz(path, *, cutout60: bool = True) -> Policy:
 
   Probabilities are float32 in the files; they are renormalised in float64
   (rows are ~1e-7 off; nothing is truncated).
+
+  Raises:
+    FileNotFoundError: no such file.
+    PolicyFileError: the file is not an npz archive (text, JSON, a .npy
+      array, a directory), is truncated or corrupt, lacks keys, has fields of
+      the wrong shape or type, or does not match a search space; the message
+      names the file.
   """
   path = pathlib.Path(path)
-  try:
-    with np.load(path, allow_pickle=False) as data:
-      contents = {k: np.asarray(data[k]) for k in data.files}
-  except FileNotFoundError:
-    raise
-  except Exception as e:  # zipfile/pickle/format errors of a bad file
-    raise PolicyFileError(f"{path}: not a readable npz policy file ({e})") from e
+  contents = _read_npz(path)
   required = ("policy_probs", "l_ops", "l_mags", "ops", "mags", "op_names")
   missing = [k for k in required if k not in contents]
   if missing:
     raise PolicyFileError(f"{path}: missing keys {missing}; an official policy "
                           f"file has {list(required)}")
-  names = [str(n).split(":")[0] for n in contents["op_names"]]
+  op_names = contents["op_names"]
+  if (op_names.shape != (space_lib.NUM_OPS,) or
+      op_names.dtype.kind not in "US"):
+    raise PolicyFileError(f"{path}: op_names is {op_names.dtype}"
+                          f"{list(op_names.shape)}; expected the "
+                          f"{space_lib.NUM_OPS} op names (strings)")
+  names = [str(n).split(":")[0] for n in op_names]
   space = (space_lib.imagenet_space() if names[-1] == "RandResizeCrop_imagenet"
            else space_lib.cifar_space())
   probs = contents["policy_probs"]
   if probs.ndim != 2 or probs.shape[1] != space.size:
     raise PolicyFileError(f"{path}: policy_probs has shape {probs.shape}; "
                           f"expected [K, {space.size}]")
-  if (int(contents["l_ops"]) != len(space.op_names) or
-      int(contents["l_mags"]) != space_lib.NUM_LEVELS):
-    raise PolicyFileError(f"{path}: l_ops={int(contents['l_ops'])}, "
-                          f"l_mags={int(contents['l_mags'])}; expected "
+  if probs.dtype.kind not in "fiu":
+    raise PolicyFileError(f"{path}: policy_probs has dtype {probs.dtype}; "
+                          "expected floating-point probabilities")
+  l_ops, l_mags = (_scalar_int(contents[k]) for k in ("l_ops", "l_mags"))
+  if l_ops != len(space.op_names) or l_mags != space_lib.NUM_LEVELS:
+    found = ", ".join(
+        f"{k}={v}" if v is not None else
+        f"{k} is {contents[k].dtype}{list(contents[k].shape)}"
+        for k, v in (("l_ops", l_ops), ("l_mags", l_mags)))
+    raise PolicyFileError(f"{path}: {found}; expected integers "
                           f"{len(space.op_names)} and {space_lib.NUM_LEVELS}")
   if (contents["ops"].reshape(-1).tolist() != list(space.ops) or
       contents["mags"].reshape(-1).tolist() != list(space.levels)):
@@ -387,29 +455,61 @@ def save_policy(path, policy: Policy) -> pathlib.Path:
   return path
 
 
+def _short(value, limit: int = 60) -> str:
+  """repr(value), cut to `limit` characters for a one-line message."""
+  text = repr(value)
+  return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _read_json(path: pathlib.Path):
+  """The JSON document at `path`.
+
+  Raises:
+    FileNotFoundError: no such file.
+    PolicyFileError: a directory, not UTF-8 text (binary, or an npz), or not
+      valid JSON; the message names the file.
+  """
+  if path.is_dir():
+    raise PolicyFileError(f"{path}: not a JSON policy file: it is a directory")
+  raw = path.read_bytes()
+  try:
+    text = raw.decode("utf-8-sig")
+  except UnicodeDecodeError as e:
+    what = ("it is a zip/npz archive (read an official npz with "
+            "load_official_npz, config.policy.kind='official')"
+            if raw.startswith(_ZIP_MAGIC) else "binary data")
+    raise PolicyFileError(f"{path}: not a JSON policy file: not UTF-8 text "
+                          f"(byte {e.start} is {raw[e.start]:#04x}); {what}"
+                          ) from e
+  try:
+    return json.loads(text)
+  except json.JSONDecodeError as e:
+    raise PolicyFileError(f"{path}: not valid JSON (truncated or corrupt?): "
+                          f"{e}") from e
+
+
 def load_policy(path, *, space_name: Optional[str] = None) -> Policy:
   """Reads a JSON policy written by `save_policy`.
 
   Raises:
     FileNotFoundError: no such file.
-    PolicyFileError: the file is not valid JSON (e.g. truncated), lacks
-      fields, names an unknown space, disagrees with the space's transform
-      table, or has rows that are not probability distributions; or it is
-      over another space than `space_name` (when given).
+    PolicyFileError: the file is not UTF-8 JSON (binary, an npz, truncated),
+      lacks fields or has fields of the wrong type, names an unknown space,
+      disagrees with the space's transform table, or has rows that are not
+      probability distributions; or it is over another space than
+      `space_name` (when given). The message names the file and the entry.
   """
   path = pathlib.Path(path)
-  text = path.read_text()
-  try:
-    doc = json.loads(text)
-  except json.JSONDecodeError as e:
-    raise PolicyFileError(f"{path}: not valid JSON (truncated or corrupt?): "
-                          f"{e}") from e
+  doc = _read_json(path)
   if not isinstance(doc, dict) or doc.get("format") != FORMAT:
     raise PolicyFileError(f"{path}: not a {FORMAT} policy file (format="
                           f"{doc.get('format') if isinstance(doc, dict) else None!r})")
   for field in ("space", "num_transforms", "layers", "transforms"):
     if field not in doc:
       raise PolicyFileError(f"{path}: missing field {field!r}")
+  if not isinstance(doc["space"], str):
+    raise PolicyFileError(f"{path}: 'space' must be a space name (a string), "
+                          f"got {_short(doc['space'])}")
   try:
     space = space_lib.get_space(doc["space"])
   except ValueError as e:
@@ -417,25 +517,54 @@ def load_policy(path, *, space_name: Optional[str] = None) -> Policy:
   if space_name is not None and doc["space"] != space_name:
     raise PolicyFileError(f"{path}: policy is over the {doc['space']!r} space, "
                           f"expected {space_name!r}")
-  if doc["num_transforms"] != space.size or len(doc["transforms"]) != space.size:
-    raise PolicyFileError(f"{path}: {doc['num_transforms']} transforms; the "
-                          f"{space.name} space has {space.size}")
-  for i, t in enumerate(doc["transforms"]):
-    if (t.get("op") != space.op_names[space.ops[i]] or
-        t.get("level") != space.levels[i]):
-      raise PolicyFileError(f"{path}: transform {i} is {t}, expected "
-                            f"{space.transform_name(i)}")
+  transforms, layers = doc["transforms"], doc["layers"]
+  for field, value in (("transforms", transforms), ("layers", layers)):
+    if not isinstance(value, list):
+      raise PolicyFileError(f"{path}: {field!r} must be a list, got "
+                            f"{type(value).__name__} {_short(value)}")
+  num_transforms = doc["num_transforms"]
+  if not isinstance(num_transforms, int) or isinstance(num_transforms, bool):
+    raise PolicyFileError(f"{path}: 'num_transforms' must be an integer, got "
+                          f"{_short(num_transforms)}")
+  if num_transforms != space.size:
+    raise PolicyFileError(f"{path}: the file declares {num_transforms} "
+                          f"transforms (num_transforms); the {space.name} "
+                          f"space has {space.size}")
+  if len(transforms) != space.size:
+    raise PolicyFileError(f"{path}: 'transforms' lists {len(transforms)} "
+                          f"transforms; the {space.name} space has "
+                          f"{space.size}")
+  for i, t in enumerate(transforms):
+    op, level = space.op_names[space.ops[i]], space.levels[i]
+    if (not isinstance(t, dict) or t.get("op") != op or
+        t.get("level") != level):
+      raise PolicyFileError(
+          f"{path}: transform {i} is {_short(t)}, expected an object with "
+          f"op={op!r}, level={level} ({space.transform_name(i)})")
+  rows = []
+  for k, layer in enumerate(layers):
+    if not isinstance(layer, dict) or not isinstance(layer.get("probs"), list):
+      raise PolicyFileError(f"{path}: layer {k + 1} is {_short(layer)}, "
+                            "expected an object with a 'probs' list")
+    try:
+      row = np.asarray(layer["probs"], np.float64)
+    except (TypeError, ValueError) as e:
+      raise PolicyFileError(f"{path}: layer {k + 1}: 'probs' is not a list of "
+                            f"numbers ({e})") from e
+    if row.shape != (space.size,):
+      raise PolicyFileError(f"{path}: layer {k + 1} has {row.size} "
+                            f"probabilities, expected {space.size}")
+    rows.append(row)
+  probs = np.stack(rows) if rows else np.zeros((0, space.size))
+  name, metadata = doc.get("name", path.stem), doc.get("metadata", {})
+  if not isinstance(name, str):
+    raise PolicyFileError(f"{path}: 'name' must be a string, got "
+                          f"{_short(name)}")
+  if not isinstance(metadata, dict):
+    raise PolicyFileError(f"{path}: 'metadata' must be an object, got "
+                          f"{type(metadata).__name__} {_short(metadata)}")
   try:
-    probs = np.asarray([layer["probs"] for layer in doc["layers"]],
-                       np.float64).reshape(len(doc["layers"]), -1)
-  except (KeyError, TypeError, ValueError) as e:
-    raise PolicyFileError(f"{path}: malformed layers: {e}") from e
-  if probs.shape[1] != space.size:
-    raise PolicyFileError(f"{path}: layers have {probs.shape[1]} "
-                          f"probabilities, expected {space.size}")
-  try:
-    return Policy(probs, space.name, doc.get("name", path.stem),
-                  doc.get("metadata", {}))
+    return Policy(probs, space.name, name, metadata)
   except ValueError as e:
     raise PolicyFileError(f"{path}: {e}") from e
 
@@ -450,13 +579,22 @@ def make_policy(config, space: space_lib.SearchSpace) -> Policy:
 
   Fields: kind (one of `KINDS`), path (for "official" and "file"),
   num_layers (for "deepta"). Errors name the field and the valid values.
+
+  Raises:
+    ConfigError: an unknown kind, a missing path, or a policy over another
+      space than the data's.
+    FileNotFoundError: `config.policy.path` is not a file.
+    PolicyFileError: the file cannot be read as the kind's format (see
+      `load_official_npz`, `load_policy`); the message names the file.
   """
   kind = config.kind
   if kind not in KINDS:
-    raise ValueError(f"config.policy.kind must be one of {KINDS}, got {kind!r}")
+    raise errors.ConfigError(f"config.policy.kind must be one of {KINDS}, got "
+                             f"{kind!r}")
   if kind in ("official", "file"):
     if not config.get("path"):
-      raise ValueError(f"config.policy.path is required for kind={kind!r}")
+      raise errors.ConfigError(f"config.policy.path is required for "
+                               f"kind={kind!r}")
     path = pathlib.Path(config.path).expanduser()
     if not path.is_file():
       raise FileNotFoundError(f"config.policy.path: no policy file at {path}")
@@ -465,9 +603,9 @@ def make_policy(config, space: space_lib.SearchSpace) -> Policy:
   else:
     policy = baseline(kind, space, num_layers=config.get("num_layers", 6))
   if policy.space_name != space.name:
-    raise ValueError(f"policy {policy.name!r} is over the "
-                     f"{policy.space_name!r} space but the data uses the "
-                     f"{space.name!r} space")
+    raise errors.ConfigError(f"policy {policy.name!r} is over the "
+                             f"{policy.space_name!r} space but the data uses "
+                             f"the {space.name!r} space")
   return policy
 
 
@@ -496,7 +634,8 @@ def apply_policy(key: Array, images: Array, policy: Policy, *,
 
   Args:
     key: PRNG key.
-    images: uint8 or float32[B, H, W, 3] with integer values in [0, 255].
+    images: uint8 or float32[B, H, W, 3] in [0, 255], integer-valued (see
+      `space.check_images`).
     policy: the policy (its probabilities become constants of the jitted
       computation).
     random_sign: the official evaluation's 50% sign flip of shear, translate
@@ -507,13 +646,21 @@ def apply_policy(key: Array, images: Array, policy: Policy, *,
 
   Returns:
     float32[B, H, W, 3] with integer values in [0, 255].
+
+  Raises:
+    ImageContractError: `images` breaks the contract: not rank 4, not 3
+      channels, neither uint8 nor floating point; for concrete (not traced)
+      values also NaN or infinite, outside [0, 255], or [0, 1]-scaled.
   """
+  space_lib.check_images(images, rank=4, where="apply_policy")
   images = jnp.asarray(images).astype(jnp.float32)
   if policy.num_layers == 0:
     return images
   k_index, k_apply = jax.random.split(key)
   indices = sample_indices(k_index, policy.probs, images.shape[0],
                            offset=offset)
-  return space_lib.apply_chain_batch(k_apply, images, indices, policy.space,
-                                     random_sign=random_sign, method=method,
-                                     offset=offset)
+  # The images are checked: skip `apply_chain_batch`'s check (a uint8 image
+  # of 0s and 1s is valid, its float32 copy would look [0, 1]-scaled).
+  return space_lib._apply_chain_batch(  # pylint: disable=protected-access
+      k_apply, images, indices, policy.space, random_sign=random_sign,
+      method=method, offset=offset)

@@ -6,7 +6,9 @@ transforms in the canonical order of the official policy files
 levels out of a 13-level grid whose identity level is dropped (level 6 for the
 signed and enhance ops, level 12 for Solarize and Posterize).
 
-Three ways to apply transforms to `image: float32[H, W, 3]` in [0, 255]:
+Three ways to apply transforms to `image: uint8 or float32[H, W, 3]` in
+[0, 255] (the contract `check_images` enforces at these public entry points,
+raising `errors.ImageContractError`):
   * `apply_all(key, image, space) -> float32[T, H, W, 3]`: every transform of
     one image, computed op by op (each op once per level, histograms and
     degenerate images once per image). This is the dense layer the search
@@ -34,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deepaa_jax import errors
 from deepaa_jax import ops
 
 Array = jax.Array
@@ -351,6 +354,87 @@ def _random_op_outputs(image: Array, draws: Draws,
 
 
 # --------------------------------------------------------------------------
+# The image contract of the public functions.
+# --------------------------------------------------------------------------
+
+
+def _image_stats(xp, images):
+  """(number of non-finite values, min and max of the finite ones)."""
+  finite = xp.isfinite(images)
+  return (xp.sum(~finite), xp.min(xp.where(finite, images, xp.inf)),
+          xp.max(xp.where(finite, images, -xp.inf)))
+
+
+_jax_image_stats = jax.jit(functools.partial(_image_stats, jnp))
+
+
+def check_images(images, *, rank: int, where: str,
+                 name: str = "images") -> None:
+  """Checks the image contract of the public functions that take images.
+
+  The contract: uint8 or floating point, `[H, W, 3]` (rank 3) or
+  `[B, H, W, 3]` (rank 4), pixel values in [0, 255]. For floating point
+  images the values must also be finite and not look [0, 1]-scaled: an
+  image (or batch) whose largest value is in (0, 1] is refused, since in
+  [0, 255] terms it is black but for one grey level; an all-zero (black)
+  float image is accepted. Pass such nearly black images as uint8.
+
+  Rank, channels and dtype are static and are checked on tracers too. The
+  value checks need concrete values (numpy arrays, concrete jax arrays) and
+  are skipped on tracers, so inside `jit` and `vmap` the check adds nothing
+  to the compiled program.
+
+  Args:
+    images: the argument to check; an array (or anything `np.asarray`
+      takes). Not modified.
+    rank: the documented rank, 3 (one image) or 4 (a batch).
+    where: the public function's name, for the message.
+    name: the argument's name, for the message.
+
+  Raises:
+    ImageContractError: one line naming `where`, `name`, the shape, dtype or
+      value range found and what is expected.
+  """
+  if not hasattr(images, "shape") or not hasattr(images, "dtype"):
+    images = np.asarray(images)
+  shape, dtype = tuple(images.shape), np.dtype(images.dtype)
+  expected = (f"uint8 or float32[{'B, ' if rank == 4 else ''}H, W, 3] in "
+              "[0, 255]")
+  found = f"{dtype.name}[{', '.join(str(d) for d in shape)}]"
+
+  def fail(problem):
+    raise errors.ImageContractError(f"{where}: {name} is {found}: {problem}; "
+                                    f"expected {expected}")
+
+  if len(shape) != rank:
+    hint = {(4, 3): " (one image, not a batch)",
+            (3, 4): " (a batch: vmap over it, or pass one image)"}
+    fail(f"rank {len(shape)}{hint.get((rank, len(shape)), '')}")
+  if shape[-1] != 3:
+    fail(f"{shape[-1]} channels, not 3 (RGB)")
+  is_float = jnp.issubdtype(dtype, jnp.floating)
+  if dtype != np.uint8 and not is_float:
+    fail(f"dtype {dtype.name} (cast to uint8, or to float32 in [0, 255])")
+  if (not is_float or isinstance(images, jax.core.Tracer) or
+      not np.prod(shape)):
+    return
+  if isinstance(images, np.ndarray):
+    num_bad, lo, hi = _image_stats(np, images)
+  else:  # A concrete jax array: reduce it on its device, even while tracing.
+    with jax.ensure_compile_time_eval():
+      num_bad, lo, hi = jax.device_get(_jax_image_stats(images))
+  if num_bad:
+    fail(f"{int(num_bad)} value(s) are NaN or infinite")
+  lo, hi = float(lo), float(hi)
+  if lo < 0 or hi > 255:
+    fail(f"values in [{lo:g}, {hi:g}], outside [0, 255]")
+  if 0 < hi <= 1:
+    fail(f"values in [{lo:g}, {hi:g}], which looks [0, 1]-scaled (multiply "
+         "by 255; an all-black float image is accepted, nearly black ones as "
+         "uint8)")
+
+
+# --------------------------------------------------------------------------
 # All transforms of one image.
 # --------------------------------------------------------------------------
 
@@ -370,12 +454,18 @@ def apply_all(key: Array, image: Array, space: SearchSpace) -> Array:
 
   Args:
     key: PRNG key for the random ops.
-    image: float32[H, W, 3] with integer values in [0, 255].
+    image: uint8 or float32[H, W, 3] in [0, 255], integer-valued (see
+      `check_images`).
     space: the search space.
 
   Returns:
     float32[T, H, W, 3]; entry i equals `apply_transform(key, image, i, space)`.
+
+  Raises:
+    ImageContractError: `image` breaks the contract (rank, channels, dtype;
+      for concrete values also finiteness and the [0, 255] range).
   """
+  check_images(image, rank=3, where="apply_all", name="image")
   x = ops.identity(image)
   h, w, c = x.shape
   draws = sample_draws(_split_transform_key(key)[0], h, w, space)
@@ -597,7 +687,8 @@ def apply_transform(key: Array, image: Array, index: Array,
 
   Args:
     key: PRNG key (random ops' draws, and the sign coin if `random_sign`).
-    image: float32[H, W, 3] with integer values in [0, 255].
+    image: uint8 or float32[H, W, 3] in [0, 255], integer-valued (see
+      `check_images`).
     index: int32 scalar in [0, T), may be traced.
     space: the search space.
     random_sign: if True, ShearX/Y, TranslateX/Y and Rotate negate their value
@@ -610,7 +701,19 @@ def apply_transform(key: Array, image: Array, index: Array,
 
   Returns:
     float32[H, W, 3] with integer values in [0, 255].
+
+  Raises:
+    ImageContractError: `image` breaks the contract (see `apply_all`).
   """
+  check_images(image, rank=3, where="apply_transform", name="image")
+  return _apply_transform(key, image, index, space, random_sign=random_sign,
+                          method=method)
+
+
+def _apply_transform(key: Array, image: Array, index: Array,
+                     space: SearchSpace, *, random_sign: bool,
+                     method: str) -> Array:
+  """`apply_transform` without the image check (for internal callers)."""
   x = ops.identity(image)
   h, w, _ = x.shape
   rnd = layer_randomness(key, h, w, space, random_sign=random_sign)
@@ -627,7 +730,8 @@ def apply_chain(key: Array, image: Array, indices: Sequence[Array],
 
   Args:
     key: PRNG key.
-    image: float32[H, W, 3] with integer values in [0, 255].
+    image: uint8 or float32[H, W, 3] in [0, 255], integer-valued (see
+      `check_images`).
     indices: int32[K] transform indices, layer 1 first (may be traced; K static).
     space: the search space.
     random_sign: see `apply_transform`.
@@ -635,12 +739,24 @@ def apply_chain(key: Array, image: Array, indices: Sequence[Array],
 
   Returns:
     float32[H, W, 3].
+
+  Raises:
+    ImageContractError: `image` breaks the contract (see `apply_all`).
   """
+  check_images(image, rank=3, where="apply_chain", name="image")
+  return _apply_chain(key, image, indices, space, random_sign=random_sign,
+                      method=method)
+
+
+def _apply_chain(key: Array, image: Array, indices: Sequence[Array],
+                 space: SearchSpace, *, random_sign: bool,
+                 method: str) -> Array:
+  """`apply_chain` without the image check (for internal callers)."""
   indices = jnp.asarray(indices, jnp.int32)
   x = ops.identity(image)
   for k in range(indices.shape[0]):
-    x = apply_transform(jax.random.fold_in(key, k), x, indices[k], space,
-                        random_sign=random_sign, method=method)
+    x = _apply_transform(jax.random.fold_in(key, k), x, indices[k], space,
+                         random_sign=random_sign, method=method)
   return x
 
 
@@ -661,7 +777,8 @@ def apply_chain_batch(key: Array, images: Array, indices: Array,
 
   Args:
     key: PRNG key.
-    images: float32[B, H, W, 3] with integer values in [0, 255].
+    images: uint8 or float32[B, H, W, 3] in [0, 255], integer-valued (see
+      `check_images`).
     indices: int32[B, K] transform indices per example, layer 1 first.
     space: the search space.
     random_sign: see `apply_transform`.
@@ -674,12 +791,25 @@ def apply_chain_batch(key: Array, images: Array, indices: Array,
 
   Returns:
     float32[B, H, W, 3].
+
+  Raises:
+    ImageContractError: `images` breaks the contract (see `apply_all`).
   """
+  check_images(images, rank=4, where="apply_chain_batch")
+  return _apply_chain_batch(key, images, indices, space,
+                            random_sign=random_sign, method=method,
+                            offset=offset)
+
+
+def _apply_chain_batch(key: Array, images: Array, indices: Array,
+                       space: SearchSpace, *, random_sign: bool, method: str,
+                       offset: Array) -> Array:
+  """`apply_chain_batch` without the image check (for `apply_policy`)."""
   if method == "auto":
     method = "sequential" if jax.default_backend() == "cpu" else "vectorized"
   keys = example_keys(key, images.shape[0], offset=offset)
   if method == "vectorized":
-    return jax.vmap(lambda k, x, i: apply_chain(
+    return jax.vmap(lambda k, x, i: _apply_chain(
         k, x, i, space, random_sign=random_sign, method="stages"))(
             keys, images, indices)
   if method == "sequential":
