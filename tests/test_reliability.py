@@ -517,8 +517,321 @@ def test_data_subset_impossible_per_class_names_config_fields(tmp_path):
 
 # (section: config)
 
+# Imported here, not at the top, so that this section's edits stay in it.
+import json  # pylint: disable=g-import-not-at-top,g-bad-import-order
+import pathlib  # pylint: disable=g-import-not-at-top,g-bad-import-order
+import shutil  # pylint: disable=g-import-not-at-top,g-bad-import-order
+from deepaa_jax import config as run_config_lib  # pylint: disable=g-import-not-at-top
+from deepaa_jax import train as run_train  # pylint: disable=g-import-not-at-top
+
+_REPO = pathlib.Path(__file__).resolve().parents[1]
+_RUN_SIZE = 16
+
+
+def _run_config(npz, **train):
+  config = run_config_lib.load_config_file(_REPO / "configs" / "test.py")
+  config.input.name = "tiny"
+  config.input.npz_path = str(npz)
+  config.input.train_subset = 0
+  config.train.update(dict(batch_size=8, eval_batch_size=16, num_steps=4,
+                           checkpoint_every_steps=2, log_every_steps=2))
+  config.train.update(train)
+  return config
+
+
+def test_config_typo_inside_get_config_fails(tmp_path):
+  """Finding 2: `c.model.nmae = ...` in a config file used to be silent."""
+  path = tmp_path / "typo.py"
+  path.write_text(
+      "from deepaa_jax import config as config_lib\n"
+      "def get_config():\n"
+      "  c = config_lib.base_config()\n"
+      "  c.model.nmae = 'wrn_10_1'\n"
+      "  return c\n")
+  with pytest.raises((AttributeError, KeyError), match="nmae"):
+    run_config_lib.load_config_file(path)
+
+
+def test_config_top_level_typo_fails():
+  """Finding 2, top level: an unknown section is named, with a suggestion."""
+  config = run_config_lib.base_config()
+  config.trian = run_config_lib.train_config()
+  with pytest.raises(errors.ConfigError, match=r"config\.trian .*config\.train"):
+    run_config_lib.validate(config)
+
+
+@pytest.mark.parametrize("field,value", [
+    ("train.learning_rate", float("inf")), ("train.momentum", float("nan")),
+    ("train.weight_decay", float("inf"))])
+def test_config_non_finite_train_values_rejected(field, value):
+  """Finding 6: `inf` passed the `> 0` checks and failed after 40 s."""
+  config = run_config_lib.base_config()
+  section, name = field.split(".")
+  config[section][name] = value
+  with pytest.raises(errors.ConfigError, match=f"config.{field} must be a "
+                     "finite number"):
+    run_config_lib.validate(config)
+
+
+def test_config_non_finite_search_value_rejected():
+  """Finding 6: `search.policy_lr=inf` failed after 195 s of pretraining."""
+  config = run_config_lib.load_config_file(_REPO / "configs" / "cifar10.py")
+  config.search.policy_lr = float("inf")
+  with pytest.raises(errors.ConfigError,
+                     match=r"config\.search\.policy_lr must be a finite"):
+    run_config_lib.validate(config)
+
+
 # ---------------------------------------------------------------------------
 # Runs: resume identity, checkpoint recovery, reruns, interrupts, errors.
 # ---------------------------------------------------------------------------
 
 # (section: runs)
+
+
+@pytest.fixture(scope="module")
+def run_npz(tmp_path_factory):
+  """A tiny 4-class npz (16x16): 64 train, 20 test images."""
+  path = tmp_path_factory.mktemp("run_data") / "tiny.npz"
+  _write_npz(path, seed=0)
+  return path
+
+
+def _write_npz(path, seed, num_test=20):
+  rng = np.random.default_rng(seed)
+  labels = np.arange(64) % 4
+  images = rng.integers(0, 64, (64, _RUN_SIZE, _RUN_SIZE, 3)) + 48 * labels[
+      :, None, None, None]
+  test_labels = np.arange(num_test) % 4
+  test = rng.integers(0, 64, (num_test, _RUN_SIZE, _RUN_SIZE, 3)) + (
+      48 * test_labels[:, None, None, None])
+  np.savez(path, train_images=images.astype(np.uint8), train_labels=labels,
+           test_images=test.astype(np.uint8), test_labels=test_labels)
+
+
+def _files(workdir):
+  """{relative path: bytes} of every file in a workdir."""
+  return {str(p.relative_to(workdir)): p.read_bytes()
+          for p in sorted(pathlib.Path(workdir).rglob("*")) if p.is_file()}
+
+
+def _leaves_equal(a, b):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.usefixtures("fast_compiles")
+def test_runs_finished_run_with_other_data_is_refused(run_npz, tmp_path):
+  """Finding 1: a finished run rerun with different data under the same file
+  name resumed silently and overwrote results.json (10000 -> 100 images)."""
+  npz = tmp_path / "data.npz"
+  shutil.copy(run_npz, npz)
+  workdir = tmp_path / "run"
+  run_train.train(_run_config(npz), workdir)
+  before = _files(workdir)
+  _write_npz(npz, seed=1, num_test=8)  # regenerated data, same name
+  with pytest.raises(errors.ResumeRefusedError, match="data content"):
+    run_train.train(_run_config(npz), workdir)
+  assert _files(workdir) == before
+
+
+@pytest.mark.usefixtures("fast_compiles")
+def test_runs_killed_run_resumed_on_other_data_is_refused(run_npz, tmp_path):
+  """Finding 1: a killed run resumed on regenerated data mixed the two."""
+  npz = tmp_path / "data.npz"
+  shutil.copy(run_npz, npz)
+  workdir = tmp_path / "run"
+  run_train.train(_run_config(npz), workdir, stop_after_step=2)
+  _write_npz(npz, seed=2)
+  with pytest.raises(errors.ResumeRefusedError, match="new --workdir"):
+    run_train.train(_run_config(npz), workdir)
+
+
+@pytest.mark.usefixtures("fast_compiles")
+def test_runs_moved_data_file_with_same_content_resumes(run_npz, tmp_path):
+  """The content, not the path, identifies the data: a moved checkout
+  resumes."""
+  first, second = tmp_path / "a.npz", tmp_path / "b.npz"
+  shutil.copy(run_npz, first)
+  shutil.copy(run_npz, second)
+  workdir = tmp_path / "run"
+  run_train.train(_run_config(first), workdir, stop_after_step=2)
+  _, metrics = run_train.train(_run_config(second), workdir)
+  assert metrics["resumed_from_step"] == 2 and metrics["complete"]
+
+
+@pytest.mark.usefixtures("fast_compiles")
+def test_runs_rerunning_a_finished_run_changes_no_file(run_npz, tmp_path):
+  """Finding 5: the rerun nulled results.json's train metrics and appended a
+  duplicate record to metrics.jsonl."""
+  workdir = tmp_path / "run"
+  state, metrics = run_train.train(_run_config(run_npz), workdir)
+  before = _files(workdir)
+  again_state, again = run_train.train(_run_config(run_npz), workdir)
+  assert _files(workdir) == before
+  assert again["train_loss"] == metrics["train_loss"] is not None
+  assert again["test_accuracy"] == metrics["test_accuracy"]
+  _leaves_equal(again_state.params, state.params)
+
+
+@pytest.mark.usefixtures("fast_compiles")
+def test_runs_kill_during_final_evaluation_keeps_train_metrics(
+    run_npz, tmp_path, monkeypatch):
+  """Finding 5: a kill during the final evaluation left train_loss null."""
+  reference, _ = run_train.train(_run_config(run_npz), tmp_path / "ref")
+  ref = json.loads((tmp_path / "ref" / "results.json").read_text())
+  workdir = tmp_path / "run"
+  evaluate = run_train.evaluate
+  with monkeypatch.context() as patch:
+    def killed(*args, **kwargs):
+      raise KeyboardInterrupt("simulated Ctrl-C in the final evaluation")
+    patch.setattr(run_train, "evaluate", killed)
+    with pytest.raises(errors.Interrupted, match="Rerun the same command"):
+      run_train.train(_run_config(run_npz), workdir)
+  assert run_train.evaluate is evaluate
+  state, metrics = run_train.train(_run_config(run_npz), workdir)
+  results = json.loads((workdir / "results.json").read_text())
+  assert results["train_loss"] == ref["train_loss"] is not None
+  assert results["test_accuracy"] == ref["test_accuracy"]
+  _leaves_equal(state.params, reference.params)
+  records = [json.loads(l) for l in
+             (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in records] == [
+      r["step"] for r in map(json.loads, (tmp_path / "ref" / "metrics.jsonl")
+                             .read_text().splitlines())]
+
+
+@pytest.mark.usefixtures("fast_compiles")
+def test_runs_corrupted_latest_checkpoint_falls_back(run_npz, tmp_path,
+                                                     caplog):
+  """Finding 4: truncating one file of the latest step gave a 171-line
+  traceback; now the run says so, sets it aside and resumes from the
+  previous step, ending where an uninterrupted run ends."""
+  reference, _ = run_train.train(_run_config(run_npz), tmp_path / "ref")
+  workdir = tmp_path / "run"
+  run_train.train(_run_config(run_npz, num_steps=6), workdir,
+                  stop_after_step=4)
+  step4 = workdir / "checkpoints" / "4"
+  victims = [p for p in step4.rglob("*") if p.is_file() and p.stat().st_size]
+  for victim in victims:
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+  caplog.set_level("WARNING")
+  state, metrics = run_train.train(_run_config(run_npz, num_steps=6), workdir,
+                                   stop_after_step=4)
+  assert metrics["resumed_from_step"] == 2
+  assert any("does not restore" in r.getMessage() for r in caplog.records)
+  assert list((workdir / "checkpoints_corrupt").iterdir())
+  assert int(state.step) == 4
+
+
+def test_runs_empty_test_split_cannot_report_a_metric(run_npz, tmp_path):
+  """Finding 3: an empty test split gave "test accuracy 0.0000" and
+  complete: true. `evaluate` refuses zero examples."""
+  from deepaa_jax import input_pipeline as run_ip  # pylint: disable=g-import-not-at-top
+  empty = run_ip.Split(np.zeros((0, 4, 4, 3), np.uint8),
+                       np.zeros((0,), np.int64))
+  with pytest.raises(errors.DataError, match="no examples"):
+    run_train.evaluate(lambda state, batch: None, None, empty, batch_size=4)
+
+
+@pytest.mark.usefixtures("fast_compiles")
+def test_runs_ctrl_c_saves_the_current_step_and_resumes_exactly(
+    run_npz, tmp_path, monkeypatch):
+  """Finding 10: Ctrl-C printed a traceback, saved nothing at the interrupt
+  and gave no resume hint."""
+  reference, _ = run_train.train(_run_config(run_npz), tmp_path / "ref")
+  workdir = tmp_path / "run"
+  write = run_train.utils.JsonlWriter.write_scalars
+
+  def interrupted(self, step, scalars):
+    write(self, step, scalars)
+    if step == 3:
+      raise KeyboardInterrupt("simulated Ctrl-C")
+
+  with monkeypatch.context() as patch:
+    patch.setattr(run_train.utils.JsonlWriter, "write_scalars", interrupted)
+    with pytest.raises(errors.Interrupted,
+                       match=r"saved at step 3 .*Rerun the same command"):
+      run_train.train(_run_config(run_npz, log_every_steps=1), workdir)
+  assert (workdir / "checkpoints" / "3").is_dir()
+  state, metrics = run_train.train(_run_config(run_npz, log_every_steps=1),
+                                   workdir)
+  assert metrics["resumed_from_step"] == 3
+  _leaves_equal(state.params, reference.params)
+
+
+# Errors after flag parsing, through the CLI (finding 8): one line, no
+# traceback, a non-zero exit.
+
+
+def _main(*args, workdir):
+  import os  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  env = dict(os.environ, PYTHONPATH=str(_REPO), JAX_PLATFORMS="cpu")
+  return subprocess.run(
+      [sys.executable, "-m", "deepaa_jax.main", "--config=configs/test.py",
+       f"--workdir={workdir}", *args],
+      cwd=_REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _one_error_line(result, pattern):
+  import re  # pylint: disable=g-import-not-at-top
+  assert result.returncode == 1, result.stderr[-2000:]
+  assert "Traceback" not in result.stderr, result.stderr[-2000:]
+  errors_ = [l for l in result.stderr.splitlines() if l.startswith("ERROR: ")]
+  assert len(errors_) == 1, result.stderr[-2000:]
+  assert re.search(pattern, errors_[0]), errors_[0]
+
+
+def test_runs_cli_workdir_is_a_file(run_npz, tmp_path):
+  """Finding 8: a bare FileExistsError when the workdir is a file."""
+  workdir = tmp_path / "a_file"
+  workdir.write_text("not a directory")
+  result = _main(f"--config.input.npz_path={run_npz}",
+                 "--config.input.name=tiny", "--config.input.train_subset=0",
+                 workdir=workdir)
+  _one_error_line(result, r"--workdir .*a_file is a file, not a directory")
+
+
+def test_runs_cli_bad_policy_file(run_npz, tmp_path):
+  """Finding 8: a malformed policy file printed a 25-46 line traceback."""
+  bad = tmp_path / "policy.json"
+  bad.write_text("{not json")
+  result = _main(f"--config.input.npz_path={run_npz}",
+                 "--config.input.name=tiny", "--config.input.train_subset=0",
+                 "--config.policy.kind=file", f"--config.policy.path={bad}",
+                 workdir=tmp_path / "run")
+  _one_error_line(result, r"policy\.json")
+
+
+@pytest.mark.usefixtures("fast_compiles")
+def test_runs_cli_refused_resume(run_npz, tmp_path):
+  """Finding 8: a refused resume printed a traceback; now one line that
+  names the differing field and how to start fresh."""
+  workdir = tmp_path / "run"
+  config = _run_config(run_npz)
+  config.input.name = "tiny"
+  run_train.train(config, workdir, stop_after_step=2)
+  result = _main(f"--config.input.npz_path={run_npz}",
+                 "--config.input.name=tiny", "--config.input.train_subset=0",
+                 "--config.train.batch_size=8", "--config.train.eval_batch_size=16",
+                 "--config.train.num_steps=4", "--config.train.learning_rate=0.5",
+                 workdir=workdir)
+  _one_error_line(result, r"config\.train\.learning_rate: .*new --workdir")
+
+
+def test_runs_disk_full_is_recognised_through_wrapping():
+  """Finding 9: "No space left on device" deep in a chain of wrapped
+  exceptions (orbax's async save re-raises it) is found and reported as a
+  disk-full line by `main`."""
+  import errno as errno_lib  # pylint: disable=g-import-not-at-top
+  from deepaa_jax import main as cli  # pylint: disable=g-import-not-at-top
+  try:
+    try:
+      raise OSError(errno_lib.ENOSPC, "No space left on device")
+    except OSError as inner:
+      raise RuntimeError("async save failed") from inner
+  except RuntimeError as outer:
+    assert cli._disk_full(outer)  # pylint: disable=protected-access
+  assert not cli._disk_full(RuntimeError("something else"))  # pylint: disable=protected-access
