@@ -9,7 +9,8 @@ Public API (see README.md for how the pieces fit):
   * `Policy`, `apply_policy`, `baseline`, `load_official_npz`, `load_policy`,
     `save_policy`, `make_policy`: augmentation policies as values.
   * `search_layer`, `make_search_model`, `make_search_data`: one layer of the
-    DeepAA search, as a notebook calls it (`search.run` is the whole search).
+    DeepAA search, as a notebook calls it (`search_job.run` is the whole
+    search job).
 """
 
 from deepaa_jax import ops

@@ -30,6 +30,7 @@ written by `save_official_npz`.
 
 import dataclasses
 import datetime
+import importlib.metadata
 import json
 import math
 import pathlib
@@ -38,6 +39,7 @@ import zipfile
 import zlib
 
 from absl import logging
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -153,12 +155,14 @@ def _check_rows(probs: np.ndarray, what: str) -> None:
 
 def provenance(**extra) -> Dict[str, Any]:
   """Metadata common to every policy this project writes."""
-  import flax  # pylint: disable=g-import-not-at-top
-  import deepaa_jax  # pylint: disable=g-import-not-at-top
+  try:  # the installed distribution's version (setup.py is its one source)
+    version = importlib.metadata.version("deepaa-jax")
+  except importlib.metadata.PackageNotFoundError:  # run from a bare checkout
+    version = "unknown"
   meta = {
       "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
           timespec="seconds"),
-      "versions": {"deepaa_jax": deepaa_jax.__version__,
+      "versions": {"deepaa_jax": version,
                    "jax": jax.__version__, "flax": flax.__version__,
                    "numpy": np.__version__},
       "jax_threefry_partitionable": bool(
