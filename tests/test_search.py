@@ -414,11 +414,20 @@ def test_search_layers_resume_after_a_crash_is_bit_identical(
 
 def test_search_stops_when_a_layer_converges_to_identity(tmp_path):
   model, data = _model(), _data()
-  # Uniform init with a huge threshold never fires; identity init with a
-  # threshold below p(Identity) at init (0.956) fires after layer 1.
+  # Identity init with a threshold below p(Identity) at init (0.956) fires
+  # after layer 1.
   config = _config(num_layers=3, steps_per_layer=1,
                    stop_identity_threshold=0.5)
   out = search_job.search_layers(jax.random.key(0), model, data, config, tmp_path)
   assert out["stopped_early"] and out["probs"].shape == (1, 139)
-  again = search_job.search_layers(jax.random.key(0), model, data, config, tmp_path)
+  again = search_job.search_layers(jax.random.key(0), model, data, config,
+                                   tmp_path)
   assert again["stopped_early"] and again["probs"].shape == (1, 139)
+  # Threshold 0 turns the stop off: the same layers (p(Identity) ~0.95 >= 0.5
+  # after one step) run to the full depth.
+  config = _config(num_layers=3, steps_per_layer=1,
+                   stop_identity_threshold=0.0)
+  off = search_job.search_layers(jax.random.key(0), model, data, config,
+                                 tmp_path / "off")
+  assert not off["stopped_early"] and off["probs"].shape == (3, 139)
+  assert (off["probs"][:, 0] >= 0.5).all()  # it would have fired each time
