@@ -528,7 +528,7 @@ def _validate_search(config) -> None:
   if s.data_parallel and jax.device_count() > 1:
     try:
       parallel.check_divisible(
-          s.num_images, "config.search.num_images",
+          s.num_images, "search.num_images",
           hint=(", or set config.search.data_parallel=False to search on "
                 "one device"))
     except ValueError as e:

@@ -558,9 +558,9 @@ def test_shake_shortcut_matches_authors_offsets():
 
 def test_unknown_model_name_lists_valid_names():
   with pytest.raises(ValueError) as err:
-    models.get_model("wrn_28_11", num_classes=10)
+    models.get_model("wrn_27_10", num_classes=10)
   msg = str(err.value)
-  assert "wrn_28_11" in msg
+  assert "wrn_27_10" in msg
   for name in ("wrn_28_10", "wrn_40_2", "wrn_40_2_search", "wrn_10_1",
                "shake_shake_26_2x96d", "resnet18", "resnet50", "resnet200"):
     assert name in msg

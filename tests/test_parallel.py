@@ -185,7 +185,7 @@ def test_two_processes_train_like_one_device(one_device_training, tiny_data,
   results = json.loads((workdir / "results.json").read_text())
   assert results["num_devices"] == 4 and results["num_processes"] == 2
   assert results["config"]["train"]["ba_copies"] == 2
-  got = _restore_params(workdir / "checkpoints" / "3" / "default")
+  got = _restore_params(workdir / "checkpoints" / "3" / "state")
   got.update(train_loss=results["train_loss"], test_loss=results["test_loss"])
   _assert_same_training(got, one_device_training)
   records = [json.loads(l) for l in
