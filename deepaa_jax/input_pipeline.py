@@ -670,35 +670,66 @@ def _tfds_missing_message(name: str, data_dir) -> str:
 
 
 def _tfds_builder(tfds, name: str, data_dir):
-  """Returns a prepared builder or raises DatasetNotFoundError."""
+  """The dataset's builder (its `info`: features, classes); raises
+  DatasetNotFoundError for a name TFDS does not know. Whether the data is
+  prepared is found out by reading it (`_tfds_split_to_numpy`), which also
+  works under `tfds.testing.mock_data`."""
   try:
-    builder = tfds.builder(name, data_dir=data_dir)
+    return tfds.builder(name, data_dir=data_dir)
   except (tfds.core.registered.DatasetNotFoundError, FileNotFoundError,
           AssertionError) as e:
     raise DatasetNotFoundError(_tfds_missing_message(name, data_dir)) from e
-  if not builder.is_prepared():
-    raise DatasetNotFoundError(_tfds_missing_message(name, data_dir))
-  return builder
 
 
-def _tfds_split_to_numpy(tfds, builder, name: str, split: str, data_dir):
-  """Materialises a whole split as (uint8[N,H,W,3], int32[N])."""
+def _tfds_split_to_numpy(tfds, builder, name: str, split: str, data_dir,
+                         chunk: int = 1024):
+  """Materialises a whole split as (uint8[N,H,W,3], int32[N]), reading it in
+  batches of `chunk` (no `batch_size=-1`: TFDS's mock data and datasets of
+  unknown size can be read this way too)."""
   supervised = builder.info.supervised_keys is not None
   try:
     ds = tfds.load(name, split=split, data_dir=data_dir, download=False,
-                   as_supervised=supervised, batch_size=-1,
+                   as_supervised=supervised, batch_size=chunk,
                    shuffle_files=False)
-  except (tfds.core.registered.DatasetNotFoundError, AssertionError) as e:
+  except (tfds.core.registered.DatasetNotFoundError, AssertionError,
+          FileNotFoundError) as e:
     raise DatasetNotFoundError(_tfds_missing_message(name, data_dir)) from e
-  if supervised:
-    images, labels = tfds.as_numpy(ds)
-  else:
-    arrays = tfds.as_numpy(ds)
-    images, labels = arrays["image"], arrays["label"]
-  return np.asarray(images, np.uint8), np.asarray(labels).astype(np.int32)
+  images, labels = [], []
+  for batch in tfds.as_numpy(ds):
+    image, label = batch if supervised else (batch["image"], batch["label"])
+    images.append(np.asarray(image))
+    labels.append(np.asarray(label))
+  if not images:
+    return (np.zeros((0,) + tuple(builder.info.features["image"].shape),
+                     np.uint8), np.zeros((0,), np.int32))
+  return (np.concatenate(images).astype(np.uint8, copy=False),
+          np.concatenate(labels).astype(np.int32))
+
+
+def _tfds_test_split(tfds, name: str, data_dir, known) -> str:
+  """"test", else "validation": from the builder's split list when it has
+  one, else by trying to read the split (TFDS mock data lists none)."""
+  if known:
+    for split in ("test", "validation"):
+      if split in known:
+        return split
+    raise DatasetNotFoundError(
+        f"TFDS dataset {name!r} in {data_dir} has splits {sorted(known)}; "
+        "need 'train' and 'test' (or 'validation').")
+  for split in ("test", "validation"):
+    try:
+      tfds.load(name, split=split, data_dir=data_dir, download=False)
+      return split
+    except Exception:  # pylint: disable=broad-except
+      continue
+  return "test"  # reading it reports the problem
 
 
 def _load_tfds(name: str, data_dir) -> Dataset:
+  """Any TFDS image-classification dataset, whole in memory: `num_classes`
+  from the label feature, the image size from the data, and the mean/std
+  from the published constants (CIFAR, ImageNet) or else the training
+  images' channel statistics."""
   if name.startswith("imagenet"):
     raise NotImplementedError(
         f"{name!r} is too large to hold in memory and is not available "
@@ -708,20 +739,19 @@ def _load_tfds(name: str, data_dir) -> Dataset:
   data_dir = os.path.expanduser(data_dir) if data_dir else None
   tfds = _import_tfds()
   builder = _tfds_builder(tfds, name, data_dir)
-  available = set(builder.info.splits.keys())
-  test_split = "test" if "test" in available else "validation"
-  for split in ("train", test_split):
-    if split not in available:
-      raise DatasetNotFoundError(
-          f"TFDS dataset {name!r} in {data_dir} has splits {sorted(available)};"
-          f" need 'train' and 'test' (or 'validation').")
+  features = builder.info.features
+  for key in ("image", "label"):
+    if key not in features:
+      raise errors.DataError(
+          f"{_tfds_where(name, data_dir)}: not an image-classification "
+          f"dataset (features {sorted(features.keys())}; need 'image' and "
+          "'label').")
+  test_split = _tfds_test_split(tfds, name, data_dir,
+                                set(builder.info.splits.keys()))
   train = _tfds_split_to_numpy(tfds, builder, name, "train", data_dir)
   test = _tfds_split_to_numpy(tfds, builder, name, test_split, data_dir)
-  num_classes = None
-  label_feature = builder.info.features["label"] if (
-      "label" in builder.info.features) else None
-  if label_feature is not None and hasattr(label_feature, "num_classes"):
-    num_classes = int(label_feature.num_classes)
+  num_classes = getattr(features["label"], "num_classes", None)
+  num_classes = int(num_classes) if num_classes else None
   try:
     return from_arrays(name, *train, *test, num_classes=num_classes)
   except errors.DataError as e:
@@ -775,6 +805,8 @@ def imagenet_iterator(
   tf = _import_tf()
   tfds = _import_tfds()
   builder = _tfds_builder(tfds, name, data_dir)
+  if not builder.is_prepared():
+    raise DatasetNotFoundError(_tfds_missing_message(name, data_dir))
   if split not in builder.info.splits:
     raise DatasetNotFoundError(
         f"TFDS dataset {name!r} has no split {split!r} (has "

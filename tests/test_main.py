@@ -116,3 +116,34 @@ def test_search_job_end_to_end(tmp_path):
   assert "finished search" in again.stderr
   assert {p: p.read_bytes() for p in sorted(workdir.rglob("*"))
           if p.is_file()} == files
+
+
+@pytest.mark.usefixtures("fast_compiles")
+def test_search_on_another_tfds_dataset_with_overrides_only(tmp_path):
+  """The search job on a second TFDS dataset (SVHN via TFDS's mock data),
+  changed from the CPU config by overrides only: pretrain -> 1 layer ->
+  policy files."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  tfds = pytest.importorskip("tensorflow_datasets")
+  from deepaa_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from deepaa_jax import policy as policy_lib  # pylint: disable=g-import-not-at-top
+  from deepaa_jax import search_job  # pylint: disable=g-import-not-at-top
+  config = config_lib.load_config_file(REPO / "configs" / "cifar10_cpu.py")
+  for field, value in {
+      "input.source": "tfds", "input.name": "svhn_cropped",
+      "search.data_split": "small", "search.num_layers": 1,
+      "search.steps_per_layer": 1, "search.num_images": 2,
+      "search.val_batch": 2, "search.chunk_size": 139,
+      "pretrain.train.num_epochs": 0.0, "pretrain.train.num_steps": 2,
+      "pretrain.train.batch_size": 8, "pretrain.train.train_split":
+      "pretrain_small"}.items():
+    section, name = field.rsplit(".", 1)
+    node = config
+    for part in section.split("."):
+      node = node[part]
+    node[name] = value
+  with tfds.testing.mock_data(num_examples=200):
+    out = search_job.run(config, tmp_path)
+  found = policy_lib.load_policy(tmp_path / "policy.json")
+  assert found.probs.shape == (1, 139)
+  np.testing.assert_allclose(found.probs, out["probs"], rtol=1e-6)

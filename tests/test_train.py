@@ -436,3 +436,31 @@ def test_pretrain_split(tiny_npz):
   c.train_split = "pretrain_small"
   split = train._train_split(dataset, c)  # first 10% in the stored order
   np.testing.assert_array_equal(split.images, dataset.train.images[:6])
+
+
+def test_any_tfds_dataset_by_name_with_config_overrides_only(tmp_path):
+  """A second TFDS dataset (SVHN, through TFDS's own mock data: the real
+  TFDS code path with synthetic examples) trains with nothing but config
+  overrides; num_classes comes from the dataset's label feature, the image
+  size from the data, mean/std from the training images."""
+  tfds = pytest.importorskip("tensorflow_datasets")
+  config = load_config("test")
+  config.input.source = "tfds"
+  config.input.name = "svhn_cropped"
+  config.input.train_subset = 0
+  config.train.update(dict(batch_size=8, eval_batch_size=16, num_steps=2,
+                           checkpoint_every_steps=0, log_every_steps=1))
+  with tfds.testing.mock_data(num_examples=24):
+    dataset = input_pipeline.load_dataset(config.input)
+    _, metrics = train.train(config, tmp_path, dataset=dataset)
+  assert dataset.num_classes == 10 and dataset.image_shape == (32, 32, 3)
+  assert dataset.splits["train"].size == 24 and dataset.test.size == 24
+  images = dataset.splits["train"].images.astype(np.float64) / 255
+  np.testing.assert_allclose(dataset.mean, images.mean(axis=(0, 1, 2)),
+                             rtol=1e-6)
+  results = json.loads((tmp_path / "results.json").read_text())
+  assert results["dataset"]["name"] == "svhn_cropped" and results["complete"]
+  assert results["dataset"]["test_images"] == 24
+  # The accuracy is over the 24 test images: a whole number of them.
+  assert abs(metrics["test_accuracy"] * 24 - round(
+      metrics["test_accuracy"] * 24)) < 1e-6
