@@ -69,8 +69,18 @@ def load_search_pools(config):
   """
   dataset = input_pipeline.load_dataset(config.input)
   train = dataset.splits.get("train_full", dataset.splits["train"])
-  splits = input_pipeline.official_search_splits(
-      train, allow_small=config.search.data_split == "small")
+  try:
+    splits = input_pipeline.official_search_splits(
+        train, allow_small=config.search.data_split == "small")
+  except errors.DataError as e:
+    if config.search.data_split == "small":
+      raise
+    raise errors.DataError(
+        f"config.search.data_split='official' takes CIFAR's 50,000-image "
+        f"index ranges (spec §2.2), but {dataset.name!r} has {train.size} "
+        "training images; use --config.search.data_split=small and "
+        "--config.pretrain.train.train_split=pretrain_small (the same "
+        "shares of any training set).") from e
   return dataset, splits
 
 

@@ -603,8 +603,18 @@ def _train_split(dataset: input_pipeline.Dataset,
   if train.train_split == "train":
     return dataset.splits["train"]
   full = dataset.splits.get("train_full", dataset.splits["train"])
-  return input_pipeline.official_search_splits(
-      full, allow_small=train.train_split == "pretrain_small")["pretrain"]
+  try:
+    return input_pipeline.official_search_splits(
+        full, allow_small=train.train_split == "pretrain_small")["pretrain"]
+  except errors.DataError as e:
+    if train.train_split == "pretrain_small":
+      raise
+    raise errors.DataError(
+        f"train_split='pretrain' is CIFAR's train[0:5000] of 50,000 images "
+        f"(spec §2.2), but {dataset.name!r} has {full.size}; use "
+        "train_split='pretrain_small' (config.train.train_split, or "
+        "config.pretrain.train.train_split in a search), the same share of "
+        "any training set.") from e
 
 
 def _policy_fingerprint(policy: policy_lib.Policy):

@@ -835,3 +835,25 @@ def test_runs_disk_full_is_recognised_through_wrapping():
   except RuntimeError as outer:
     assert cli._disk_full(outer)  # pylint: disable=protected-access
   assert not cli._disk_full(RuntimeError("something else"))  # pylint: disable=protected-access
+
+
+@pytest.mark.usefixtures("fast_compiles")
+def test_runs_official_split_rule_on_other_data_names_the_fields(run_npz,
+                                                                 tmp_path):
+  """The official pools are CIFAR's index ranges: on another dataset the
+  error names the config fields to change, not an API argument."""
+  config = _run_config(run_npz, train_split="pretrain")
+  with pytest.raises(errors.DataError,
+                     match=r"config\.pretrain\.train\.train_split"):
+    run_train.train(config, tmp_path)
+
+
+def test_runs_official_search_pools_on_other_data_name_the_fields(run_npz):
+  """The same for the search's pools (`config.search.data_split`)."""
+  from deepaa_jax import search_job as run_search_job  # pylint: disable=g-import-not-at-top
+  config = run_config_lib.load_config_file(_REPO / "configs" / "cifar10_cpu.py")
+  config.input.npz_path = str(run_npz)
+  config.input.name = "tiny"
+  with pytest.raises(errors.DataError,
+                     match=r"--config\.search\.data_split=small"):
+    run_search_job.load_search_pools(config)
