@@ -28,7 +28,6 @@ import os
 import pathlib
 from typing import Any, List, Optional, Sequence, Tuple
 
-from flax import traverse_util
 import jax
 import ml_collections
 
@@ -301,16 +300,10 @@ def _check(condition: bool, field: str, requirement: str, value: Any) -> None:
 
 def _check_finite(config, prefix: str = "config") -> None:
   """Every float field finite: `inf` passes `> 0` checks and fails late."""
-  for key, value in flat_items(config):
+  for key, value in utils.flat_config(config).items():
     if isinstance(value, float) and not math.isfinite(value):
       raise errors.ConfigError(
           f"{prefix}.{key} must be a finite number, got {value!r}")
-
-
-def flat_items(config):
-  """(dotted key, value) of every leaf of a ConfigDict."""
-  d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-  return traverse_util.flatten_dict(d, sep=".").items()
 
 
 def _check_sections(config, job: str) -> None:

@@ -141,15 +141,6 @@ def _check_split(what: str, images, labels) -> Tuple[np.ndarray, np.ndarray]:
   return images, labels
 
 
-def _hash_array(h, what: str, array: np.ndarray) -> None:
-  """Feeds `what`, dtype, shape and the raw bytes of `array` into `h`."""
-  array = np.ascontiguousarray(array)
-  if array.dtype.byteorder == ">":  # The same digest on any host.
-    array = array.astype(array.dtype.newbyteorder("<"))
-  h.update(f"{what} {array.dtype.str} {array.shape}\n".encode())
-  h.update(memoryview(array).cast("B"))
-
-
 def _hexdigest(feed) -> str:
   h = hashlib.blake2b(digest_size=8)
   feed(h)
@@ -184,8 +175,8 @@ class Split:
     return Split(self.images[indices], self.labels[indices])
 
   def _feed(self, h) -> None:
-    _hash_array(h, "images", self.images)
-    _hash_array(h, "labels", self.labels)
+    utils.hash_array(h, "images", self.images)
+    utils.hash_array(h, "labels", self.labels)
 
   def fingerprint(self) -> str:
     """A short content hash: 16 hex digits, blake2b of the dtypes, shapes and

@@ -21,7 +21,6 @@ Workdir layout:
   evaluate/                the evaluation run (`config.evaluate.enabled`)
 """
 
-import hashlib
 import json
 import pathlib
 import time
@@ -366,7 +365,7 @@ def run(config, workdir) -> Dict[str, Any]:
   identity = utils.run_identity(
       config.search, ignore=_RESUMABLE_FIELDS,
       data=dataset.fingerprint(),
-      network=_tree_fingerprint((params, batch_stats)))
+      network=utils.content_hash((params, batch_stats)))
   result = search_layers(jax.random.key(config.search.seed), search_model,
                          data, config.search, workdir, identity=identity)
   done = utils.read_json(workdir / "results.json")
@@ -393,12 +392,3 @@ def run(config, workdir) -> Dict[str, Any]:
     utils.write_json(workdir / "results.json", summary)
   return out
 
-
-def _tree_fingerprint(tree) -> str:
-  """A short content hash of a pytree of arrays (the search network)."""
-  h = hashlib.blake2b(digest_size=8)
-  for leaf in jax.tree.leaves(jax.device_get(tree)):
-    a = np.ascontiguousarray(np.asarray(leaf))
-    h.update(str((a.shape, a.dtype.str)).encode())
-    h.update(a.tobytes())
-  return h.hexdigest()

@@ -40,7 +40,6 @@ so a run killed and restarted ends with bit-identical parameters.
 
 import dataclasses
 import functools
-import hashlib
 import json
 import math
 import time
@@ -622,15 +621,6 @@ def _policy_fingerprint(policy: policy_lib.Policy):
           policy.probs.tobytes())
 
 
-def _policy_hash(policy: policy_lib.Policy) -> str:
-  """Content hash of a policy (run identity: the file's content, not its
-  path, decides whether a checkpoint belongs to this run)."""
-  h = hashlib.blake2b(digest_size=8)
-  h.update(repr(_policy_fingerprint(policy)[:3]).encode())
-  h.update(np.ascontiguousarray(policy.probs).tobytes())
-  return h.hexdigest()
-
-
 def _host_float(x) -> float:
   return float(np.asarray(jax.device_get(x)))
 
@@ -723,7 +713,9 @@ def train(config, workdir, *, dataset: Optional[input_pipeline.Dataset] = None,
   # Resume: the newest checkpoint that restores, if it is this run's.
   identity = utils.run_identity(config, ignore=_RESUMABLE_FIELDS,
                                 data=dataset.fingerprint(),
-                                policy=_policy_hash(policy))
+                                policy=utils.content_hash(
+                                    policy.probs, label=f"{policy.name} "
+                                    f"{policy.space_name}"))
   ckpt = utils.Checkpointer(workdir / "checkpoints",
                             keep=tc.keep_checkpoints,
                             save_interval_steps=tc.checkpoint_every_steps)

@@ -6,6 +6,7 @@ resume banner, peak memory, and quiet library logging.
 """
 
 import errno
+import hashlib
 import json
 import logging as logging_lib
 import os
@@ -95,6 +96,27 @@ def write_json(path: pathlib.Path, value: Any) -> None:
 # ---------------------------------------------------------------------------
 # Run identity.
 # ---------------------------------------------------------------------------
+
+
+def hash_array(h, what: str, array) -> None:
+  """Feeds `what`, dtype, shape and the raw bytes of `array` into the
+  hashlib object `h` (little-endian: the same digest on any host)."""
+  array = np.ascontiguousarray(np.asarray(array))
+  if array.dtype.byteorder == ">":
+    array = array.astype(array.dtype.newbyteorder("<"))
+  h.update(f"{what} {array.dtype.str} {array.shape}\n".encode())
+  if array.size:  # memoryview cannot cast an empty array (a 0-layer policy)
+    h.update(memoryview(array).cast("B"))
+
+
+def content_hash(tree: PyTree, *, label: str = "") -> str:
+  """16 hex digits: blake2b of `label` and every leaf of a pytree of arrays
+  (host or device), for run identity (a policy, a pretrained network)."""
+  h = hashlib.blake2b(digest_size=8)
+  h.update(label.encode())
+  for i, leaf in enumerate(jax.tree.leaves(jax.device_get(tree))):
+    hash_array(h, str(i), leaf)
+  return h.hexdigest()
 
 
 def flat_config(config) -> Dict[str, Any]:

@@ -2,6 +2,8 @@
 
 import os
 import pathlib
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -40,6 +42,16 @@ def synthetic_images(size=32, seed=0):
       blob,
   ]
   return np.clip(np.stack(images), 0, 255).astype(np.uint8)
+
+
+def run_cli(*args, workdir, timeout=300):
+  """`python -m deepaa_jax.main --config=configs/test.py --workdir=...` in a
+  subprocess on the CPU (the CLI's own error handling is what is tested)."""
+  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+  return subprocess.run(
+      [sys.executable, "-m", "deepaa_jax.main", "--config=configs/test.py",
+       f"--workdir={workdir}", *args],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

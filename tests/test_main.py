@@ -7,15 +7,9 @@ import sys
 
 import pytest
 
+from tests.conftest import run_cli
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def run_main(*args, tmp_path):
-  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
-  return subprocess.run(
-      [sys.executable, "-m", "deepaa_jax.main", "--config=configs/test.py",
-       f"--workdir={tmp_path}", *args],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
 
 
 @pytest.mark.parametrize("override,expected", [
@@ -28,7 +22,7 @@ def run_main(*args, tmp_path):
      "config.train.schedule must be one of ('cosine', 'step'), got 'cosin'"),
 ])
 def test_config_mistakes_are_one_line(override, expected, tmp_path):
-  result = run_main(override, tmp_path=tmp_path)
+  result = run_cli(override, workdir=tmp_path, timeout=120)
   assert result.returncode == 1
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1, result.stderr

@@ -21,6 +21,7 @@ import jax  # pylint: disable=g-import-not-at-top,g-bad-import-order
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 from deepaa_jax import policy as image_policy_lib  # pylint: disable=g-import-not-at-top
 from deepaa_jax import space as image_space_lib  # pylint: disable=g-import-not-at-top
+from tests.conftest import run_cli  # pylint: disable=g-import-not-at-top
 from tests.conftest import synthetic_images  # pylint: disable=g-import-not-at-top
 
 _IMAGE_KEY = jax.random.key(0)
@@ -764,17 +765,6 @@ def test_runs_ctrl_c_saves_the_current_step_and_resumes_exactly(
 # traceback, a non-zero exit.
 
 
-def _main(*args, workdir):
-  import os  # pylint: disable=g-import-not-at-top
-  import subprocess  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
-  env = dict(os.environ, PYTHONPATH=str(_REPO), JAX_PLATFORMS="cpu")
-  return subprocess.run(
-      [sys.executable, "-m", "deepaa_jax.main", "--config=configs/test.py",
-       f"--workdir={workdir}", *args],
-      cwd=_REPO, env=env, capture_output=True, text=True, timeout=300)
-
-
 def _one_error_line(result, pattern):
   import re  # pylint: disable=g-import-not-at-top
   assert result.returncode == 1, result.stderr[-2000:]
@@ -788,7 +778,7 @@ def test_runs_cli_workdir_is_a_file(run_npz, tmp_path):
   """Finding 8: a bare FileExistsError when the workdir is a file."""
   workdir = tmp_path / "a_file"
   workdir.write_text("not a directory")
-  result = _main(f"--config.input.npz_path={run_npz}",
+  result = run_cli(f"--config.input.npz_path={run_npz}",
                  "--config.input.name=tiny", "--config.input.train_subset=0",
                  workdir=workdir)
   _one_error_line(result, r"--workdir .*a_file is a file, not a directory")
@@ -798,7 +788,7 @@ def test_runs_cli_bad_policy_file(run_npz, tmp_path):
   """Finding 8: a malformed policy file printed a 25-46 line traceback."""
   bad = tmp_path / "policy.json"
   bad.write_text("{not json")
-  result = _main(f"--config.input.npz_path={run_npz}",
+  result = run_cli(f"--config.input.npz_path={run_npz}",
                  "--config.input.name=tiny", "--config.input.train_subset=0",
                  "--config.policy.kind=file", f"--config.policy.path={bad}",
                  workdir=tmp_path / "run")
@@ -813,7 +803,7 @@ def test_runs_cli_refused_resume(run_npz, tmp_path):
   config = _run_config(run_npz)
   config.input.name = "tiny"
   run_train.train(config, workdir, stop_after_step=2)
-  result = _main(f"--config.input.npz_path={run_npz}",
+  result = run_cli(f"--config.input.npz_path={run_npz}",
                  "--config.input.name=tiny", "--config.input.train_subset=0",
                  "--config.train.batch_size=8", "--config.train.eval_batch_size=16",
                  "--config.train.num_steps=4", "--config.train.learning_rate=0.5",
