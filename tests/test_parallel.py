@@ -22,6 +22,8 @@ import sys
 import numpy as np
 import pytest
 
+from tests.conftest import CIFAR10_NPZ
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 WORKER = REPO / "tests" / "parallel_worker.py"
 TIMEOUT_S = 900
@@ -124,6 +126,9 @@ def test_sharded_training_equals_one_device(one_device_training, tiny_data,
   _assert_same_training(got, one_device_training)
 
 
+@pytest.mark.skipif(not CIFAR10_NPZ.is_file(),
+                    reason=f"validates configs/cifar10.py, whose data "
+                    f"{CIFAR10_NPZ} is absent")
 def test_bad_batch_for_the_devices_names_the_field(tmp_path):
   out = _run("errors", tmp_path / "out.npz", 8)
   messages = json.loads(str(out["messages"]))

@@ -38,6 +38,17 @@ def load_config(name: str) -> ml_collections.ConfigDict:
 
 
 @pytest.fixture(scope="module")
+def policy_file(tmp_path_factory):
+  """A policy file in the official npz format, for configs whose default
+  policy lives in ../shared: validation only needs the file to exist. The
+  standard baseline written by `save_official_npz`, so the tests run (not
+  skip) without ../shared."""
+  path = tmp_path_factory.mktemp("policy") / "policy_standard.npz"
+  return str(policy_lib.save_official_npz(path, policy_lib.baseline(
+      "standard", space_lib.cifar_space())))
+
+
+@pytest.fixture(scope="module")
 def tiny_npz(tmp_path_factory):
   rng = np.random.default_rng(0)
   path = tmp_path_factory.mktemp("data") / "tiny.npz"
@@ -387,9 +398,11 @@ def test_nesterov_matches_pytorch_sgd():
     ("policy", "path", "/nonexistent/policy.npz", r"config\.policy\.path"),
     ("input", "npz_path", "/nonexistent/data.npz", r"config\.input\.npz_path"),
 ])
-def test_validate_names_the_field(tiny_npz, section, field, value, match):
+def test_validate_names_the_field(tiny_npz, policy_file, section, field,
+                                  value, match):
   config = load_config("cifar10_wrn28x10")
   config.input.npz_path = tiny_npz
+  config.policy.path = policy_file
   if field == "path":
     config.policy.kind = "official"
   config[section][field] = value
@@ -397,17 +410,20 @@ def test_validate_names_the_field(tiny_npz, section, field, value, match):
     config_lib.validate(config)
 
 
-def test_validate_accepts_the_shipped_configs(tiny_npz):
+def test_validate_accepts_the_shipped_configs(tiny_npz, policy_file):
   for name in ("test", "cifar10_wrn28x10", "cifar10_wrn28x10_ba",
                "cifar100_wrn28x10", "cifar100_wrn28x10_ba",
                "cifar10_train_cpu"):
     config = load_config(name)
     config.input.npz_path = tiny_npz  # CIFAR-100 is not available offline
+    if config.policy.kind == "official":  # its file is in ../shared
+      config.policy.path = policy_file
     config_lib.validate(config)
 
 
-def test_search_pretraining_config():
+def test_search_pretraining_config(tiny_npz):
   config = config_lib.search_pretraining_config()
+  config.input.npz_path = tiny_npz  # the default CIFAR-10 is in ../shared
   config_lib.validate(config)
   t = config.train
   assert (t.train_split, t.decay_mask, t.clip_includes_weight_decay,
@@ -416,9 +432,11 @@ def test_search_pretraining_config():
   assert config_lib.total_steps(t, 5000 // 128) == 1755
 
 
-def test_imagenet_config_fails_clearly():
+def test_imagenet_config_fails_clearly(policy_file):
+  config = load_config("imagenet_resnet50")
+  config.policy.path = policy_file  # the official imagenet_1 is in ../shared
   with pytest.raises(ValueError, match=r"config\.input\.name: ImageNet"):
-    config_lib.validate(load_config("imagenet_resnet50"))
+    config_lib.validate(config)
 
 
 def test_batch_size_must_divide_the_devices(tiny_npz, monkeypatch):
