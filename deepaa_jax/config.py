@@ -37,6 +37,7 @@ from deepaa_jax import models
 from deepaa_jax import parallel
 from deepaa_jax import policy as policy_lib
 from deepaa_jax import reward as reward_lib
+from deepaa_jax import streaming
 from deepaa_jax import utils
 
 SCHEDULES = ("cosine", "step")
@@ -457,21 +458,45 @@ def _validate_train(config, prefix: str = "config") -> None:
         f"{name('train', 'train_split')}={t.train_split!r} (the pretraining "
         f"split is a fixed slice of the full training set), got "
         f"{i.train_subset}")
-  if i.name.startswith("imagenet"):
+  _one_of("config.input.pipeline", i.pipeline, streaming.PIPELINES)
+  streams = i.pipeline == "stream" or (
+      i.pipeline == "auto" and i.source == "tfds"
+      and i.name.startswith("imagenet"))
+  if i.name.startswith("imagenet") and not streams:
     raise errors.ConfigError(
-        "config.input.name: ImageNet training input is not implemented (the "
-        "official pipeline applies the policy to full-resolution images before "
-        "a centre pad/crop, spec §4.3) and ImageNet is not available offline; "
-        "this config documents the recipe. Use a CIFAR config.")
+        f"config.input.name={i.name!r} is too large to hold in memory: read "
+        "it as a prepared TFDS dataset with --config.input.source=tfds and "
+        "--config.input.pipeline=auto (or stream).")
+  if i.pipeline == "stream" and i.source != "tfds":
+    raise errors.ConfigError(
+        "config.input.pipeline='stream' reads a prepared TFDS dataset; set "
+        "--config.input.source=tfds (and config.input.data_dir).")
+  _check(i.image_size >= 1, "config.input.image_size", ">= 1", i.image_size)
+  _check(i.resize_size == 0 or i.resize_size >= i.image_size,
+         "config.input.resize_size",
+         f"0 or >= config.input.image_size ({i.image_size})", i.resize_size)
+  _check(i.shuffle_buffer >= 1, "config.input.shuffle_buffer", ">= 1",
+         i.shuffle_buffer)
+  _check(i.stats_images >= 1, "config.input.stats_images", ">= 1",
+         i.stats_images)
+  if streams and (i.train_subset or t.train_split != "train"):
+    raise errors.ConfigError(
+        f"a streamed dataset trains on config.input.tfds_train_split "
+        f"({i.tfds_train_split!r}); take a subset with a TFDS slice such as "
+        "--config.input.tfds_train_split='train[:200000]' instead of "
+        f"config.input.train_subset={i.train_subset} / "
+        f"{name('train', 'train_split')}={t.train_split!r}.")
   if i.source == "npz" and not utils.resolve_path(i.npz_path).is_file():
     raise errors.ConfigError(
         f"config.input.npz_path: no npz file at {str(i.npz_path)!r} for "
         f"dataset {i.name!r}; pass --config.input.npz_path=/path/to/file.npz "
         "(keys train_images, train_labels, test_images, test_labels)")
-  if p.space == "imagenet" and not i.name.startswith("imagenet"):
+  if p.space == "imagenet" and not streams:
     raise errors.ConfigError(
         f"{name('policy', 'space')}='imagenet' does not fit "
-        f"config.input.name={i.name!r}; use space 'cifar'")
+        f"config.input.name={i.name!r} held in memory (the ImageNet space "
+        "works on streamed S x S images, config.input.pipeline=stream); use "
+        "space 'cifar'")
 
 
 def train_job_config(section, input_config) -> ml_collections.ConfigDict:

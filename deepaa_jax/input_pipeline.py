@@ -270,6 +270,19 @@ def default_input_config():
     subset_class_balanced: the subset has (almost) the same number of images
       per class (True) or is drawn uniformly (False).
     subset_seed: seed of the subset draw.
+    pipeline: "auto" | "memory" | "stream": hold the dataset in memory, or
+      stream it with tf.data (`deepaa_jax.streaming`); "auto" streams TFDS
+      ImageNet and prepared datasets over 4 GiB.
+    image_size: S, streaming only: every image is brought to S x S on the
+      host (shorter side to `resize_size`, centre crop).
+    resize_size: streaming only: the shorter side before the crop (0 =
+      round(S * 256 / 224), i.e. 256 for S = 224).
+    tfds_train_split / tfds_eval_split: streaming only: TFDS split specs
+      (slices allowed, "train[:200000]"); "" = "validation", else "test".
+    shuffle_buffer: streaming only: examples in the shuffle buffer.
+    stats_images: streaming only: training images whose channel statistics
+      normalise a dataset without published constants (cached in the
+      workdir).
   """
   import ml_collections  # pylint: disable=g-import-not-at-top
   config = ml_collections.ConfigDict()
@@ -280,6 +293,13 @@ def default_input_config():
   config.train_subset = 0
   config.subset_class_balanced = True
   config.subset_seed = 0
+  config.pipeline = "auto"  # memory | stream | auto (stream when too large)
+  config.image_size = 224  # S (streaming): ImageNet's 224
+  config.resize_size = 0  # shorter side before the S crop; 0: S * 256 / 224
+  config.tfds_train_split = "train"  # streaming: TFDS split spec
+  config.tfds_eval_split = ""  # streaming: "" = validation, else test
+  config.shuffle_buffer = 10_000  # streaming: encoded examples buffered
+  config.stats_images = 2_000  # streaming: images for unknown mean/std
   config.lock()  # a typo inside a config file fails like one on the command line
   return config
 
@@ -313,7 +333,7 @@ def normalization_constants(
       "cifar10, cifar100, imagenet*. Pass `default=` or use Dataset.mean/std.")
 
 
-def _channel_stats(images: np.ndarray, chunk: int = 4096):
+def channel_stats(images: np.ndarray, chunk: int = 4096):
   """Per-channel mean and population std of uint8[N, H, W, 3] in [0, 1]."""
   total = np.zeros(3, np.float64)
   total_sq = np.zeros(3, np.float64)
@@ -403,7 +423,7 @@ def from_arrays(
     try:
       mean, std = normalization_constants(name, phase="eval")
     except ValueError:
-      mean, std = _channel_stats(train_images)
+      mean, std = channel_stats(train_images)
   if len(mean) != 3 or len(std) != 3:
     raise ValueError(f"mean and std need 3 values, got {mean} and {std}.")
   return Dataset(
@@ -445,8 +465,8 @@ def load_dataset(config) -> Dataset:
       split is empty; or `train_subset` cannot be drawn from it. The message
       names the file (or TFDS dir) and the `config.input.*` field.
     errors.ConfigError: a bad `source`, `train_subset` or `subset_seed`.
-    NotImplementedError: name="imagenet2012" with source="tfds" (too large for
-      memory; see `imagenet_iterator`).
+    errors.ConfigError: name="imagenet*" (too large for memory: the streaming
+      path, `streaming.open_dataset`, reads it).
   """
   name = str(_cfg_get(config, "name", "cifar10"))
   source = str(_cfg_get(config, "source", "npz"))
@@ -470,7 +490,7 @@ def load_dataset(config) -> Dataset:
   else:
     data_dir = _cfg_get(config, "data_dir", None)
     dataset = _load_tfds(name, data_dir)
-    where = _tfds_where(name, data_dir)
+    where = tfds_where(name, data_dir)
 
   if train_subset:
     full = dataset.splits["train"]
@@ -623,7 +643,7 @@ def load_npz(path, *, name: str = "cifar10",
 # ---------------------------------------------------------------------------
 
 
-def _import_tf():
+def import_tf():
   """Imports TensorFlow with all GPUs hidden from it; returns the module."""
   try:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -639,18 +659,18 @@ def _import_tf():
   return tf
 
 
-def _import_tfds():
-  _import_tf()
+def import_tfds():
+  import_tf()
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   return tfds
 
 
-def _tfds_where(name: str, data_dir) -> str:
+def tfds_where(name: str, data_dir) -> str:
   where = data_dir if data_dir else "the default TFDS data_dir"
   return f"TFDS dataset {name!r} in {where}"
 
 
-def _tfds_missing_message(name: str, data_dir) -> str:
+def tfds_missing_message(name: str, data_dir) -> str:
   where = data_dir if data_dir else "the default TFDS data_dir"
   return (
       f"Dataset {name!r} not found as a prepared TFDS dataset in {where} "
@@ -669,7 +689,7 @@ def _tfds_builder(tfds, name: str, data_dir):
     return tfds.builder(name, data_dir=data_dir)
   except (tfds.core.registered.DatasetNotFoundError, FileNotFoundError,
           AssertionError) as e:
-    raise DatasetNotFoundError(_tfds_missing_message(name, data_dir)) from e
+    raise DatasetNotFoundError(tfds_missing_message(name, data_dir)) from e
 
 
 def _tfds_split_to_numpy(tfds, builder, name: str, split: str, data_dir,
@@ -684,7 +704,7 @@ def _tfds_split_to_numpy(tfds, builder, name: str, split: str, data_dir,
                    shuffle_files=False)
   except (tfds.core.registered.DatasetNotFoundError, AssertionError,
           FileNotFoundError) as e:
-    raise DatasetNotFoundError(_tfds_missing_message(name, data_dir)) from e
+    raise DatasetNotFoundError(tfds_missing_message(name, data_dir)) from e
   images, labels = [], []
   for batch in tfds.as_numpy(ds):
     image, label = batch if supervised else (batch["image"], batch["label"])
@@ -722,19 +742,17 @@ def _load_tfds(name: str, data_dir) -> Dataset:
   from the published constants (CIFAR, ImageNet) or else the training
   images' channel statistics."""
   if name.startswith("imagenet"):
-    raise NotImplementedError(
-        f"{name!r} is too large to hold in memory and is not available "
-        "offline; load_dataset supports CIFAR-sized datasets only. For "
-        "evaluation use input_pipeline.imagenet_iterator(split='validation', "
-        "...) on a prepared TFDS dir.")
+    raise errors.ConfigError(
+        f"{name!r} is too large to hold in memory; stream it with "
+        "--config.input.pipeline=stream (or auto).")
   data_dir = os.path.expanduser(data_dir) if data_dir else None
-  tfds = _import_tfds()
+  tfds = import_tfds()
   builder = _tfds_builder(tfds, name, data_dir)
   features = builder.info.features
   for key in ("image", "label"):
     if key not in features:
       raise errors.DataError(
-          f"{_tfds_where(name, data_dir)}: not an image-classification "
+          f"{tfds_where(name, data_dir)}: not an image-classification "
           f"dataset (features {sorted(features.keys())}; need 'image' and "
           "'label').")
   test_split = _tfds_test_split(tfds, name, data_dir,
@@ -746,90 +764,7 @@ def _load_tfds(name: str, data_dir) -> Dataset:
   try:
     return from_arrays(name, *train, *test, num_classes=num_classes)
   except errors.DataError as e:
-    raise errors.DataError(f"{_tfds_where(name, data_dir)}: {e}") from e
-
-
-def imagenet_iterator(
-    split: str,
-    batch_size: int,
-    *,
-    data_dir: Optional[str] = None,
-    name: str = "imagenet2012",
-    resize_size: int = 256,
-    crop_size: int = 224,
-    drop_last: bool = False,
-) -> Iterator[Dict[str, np.ndarray]]:
-  """Streams ImageNet evaluation batches from a prepared TFDS dir (eval only).
-
-  Evaluation preprocessing (spec §4.3): resize the shorter side to
-  `resize_size` (bicubic, aspect ratio kept, as torchvision's `Resize(256)`),
-  then centre crop `crop_size`; uint8 output, normalisation happens on device.
-  TF's antialiased bicubic is close to, but not bit-identical with, PIL's.
-  ImageNet is not available offline; this has only been run on synthetic data.
-
-  Args:
-    split: "validation" (or "test"); training splits raise NotImplementedError.
-    batch_size: B.
-    data_dir: TFDS data_dir holding a prepared `name` dataset.
-    name: TFDS name.
-    resize_size: shorter side after resizing.
-    crop_size: output side.
-    drop_last: drop a final partial batch.
-
-  Yields:
-    {"image": uint8[B, crop, crop, 3], "label": int32[B]} in file order.
-
-  Raises:
-    NotImplementedError: for the train split (the official train pipeline
-      applies the policy to full-resolution images before a centre pad/crop,
-      which this in-memory, device-side augmentation design does not cover).
-    DatasetNotFoundError: the dataset is not prepared in `data_dir`.
-  """
-  if split.startswith("train"):
-    raise NotImplementedError(
-        "ImageNet training input is not implemented: the official pipeline "
-        "applies the policy to each full-resolution image before a centre "
-        "pad/crop to 224 (spec §4.3), and ImageNet is not available offline. "
-        "Only split='validation' is supported.")
-  if batch_size <= 0:
-    raise ValueError(f"batch_size must be positive, got {batch_size}.")
-  tf = _import_tf()
-  tfds = _import_tfds()
-  builder = _tfds_builder(tfds, name, data_dir)
-  if not builder.is_prepared():
-    raise DatasetNotFoundError(_tfds_missing_message(name, data_dir))
-  if split not in builder.info.splits:
-    raise DatasetNotFoundError(
-        f"TFDS dataset {name!r} has no split {split!r} (has "
-        f"{sorted(builder.info.splits.keys())}).")
-
-  def preprocess(example):
-    image = example["image"]
-    shape = tf.shape(image)
-    h, w = tf.cast(shape[0], tf.float64), tf.cast(shape[1], tf.float64)
-    short = tf.minimum(h, w)
-    # torchvision: the long side is int(size * long / short) (truncated).
-    new_h = tf.cast(tf.floor(resize_size * h / short), tf.int32)
-    new_w = tf.cast(tf.floor(resize_size * w / short), tf.int32)
-    new_h = tf.where(h <= w, resize_size, new_h)
-    new_w = tf.where(w <= h, resize_size, new_w)
-    resized = tf.image.resize(image, tf.stack([new_h, new_w]),
-                              method="bicubic", antialias=True)
-    # torchvision CenterCrop: top = int(round((H - crop) / 2)).
-    top = tf.cast(tf.round((new_h - crop_size) / 2), tf.int32)
-    left = tf.cast(tf.round((new_w - crop_size) / 2), tf.int32)
-    cropped = resized[top:top + crop_size, left:left + crop_size]
-    cropped = tf.cast(tf.clip_by_value(tf.round(cropped), 0, 255), tf.uint8)
-    cropped = tf.ensure_shape(cropped, (crop_size, crop_size, 3))
-    return {"image": cropped, "label": tf.cast(example["label"], tf.int32)}
-
-  ds = builder.as_dataset(split=split, shuffle_files=False)
-  options = tf.data.Options()
-  options.deterministic = True
-  ds = ds.with_options(options).map(preprocess,
-                                    num_parallel_calls=tf.data.AUTOTUNE)
-  ds = ds.batch(batch_size, drop_remainder=drop_last).prefetch(2)
-  return iter(tfds.as_numpy(ds))
+    raise errors.DataError(f"{tfds_where(name, data_dir)}: {e}") from e
 
 
 # ---------------------------------------------------------------------------

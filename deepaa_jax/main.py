@@ -123,7 +123,7 @@ def main(argv):
   verbose = FLAGS.verbosity >= 1
   utils.quiet_library_logs(verbose)
   if FLAGS.config.job in ("train", "search"):  # CLU imports TF: hide GPUs first.
-    input_pipeline._import_tf()  # pylint: disable=protected-access
+    input_pipeline.import_tf()
   jax.config.update("jax_threefry_partitionable", True)
   logging.info("JAX %s, process %d / %d, devices: %s", jax.__version__,
                jax.process_index(), jax.process_count(), jax.devices())

@@ -62,6 +62,7 @@ from deepaa_jax import models
 from deepaa_jax import parallel
 from deepaa_jax import policy as policy_lib
 from deepaa_jax import space as space_lib
+from deepaa_jax import streaming
 from deepaa_jax import utils
 
 Array = jax.Array
@@ -513,9 +514,14 @@ def _eval_step(model: nn.Module, mean: Tuple[float, ...],
   logits = model.apply({"params": state.params,
                         "batch_stats": state.batch_stats}, x, train=False)
   mask = batch["mask"]
-  correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
-  return {"loss_sum": jnp.sum(cross_entropy(logits, batch["label"]) * mask),
-          "correct": jnp.sum(correct * mask), "count": jnp.sum(mask)}
+  labels = batch["label"]
+  correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+  # Top-5 (ImageNet's second metric): the label among the 5 largest logits.
+  _, top = jax.lax.top_k(logits, min(5, logits.shape[-1]))
+  top5 = jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
+  return {"loss_sum": jnp.sum(cross_entropy(logits, labels) * mask),
+          "correct": jnp.sum(correct * mask),
+          "correct_top5": jnp.sum(top5 * mask), "count": jnp.sum(mask)}
 
 
 def make_eval_step(model: nn.Module, *, mean, std) -> Callable:
@@ -526,7 +532,8 @@ def make_eval_step(model: nn.Module, *, mean, std) -> Callable:
     mean, std: normalisation constants in [0, 1] units.
 
   Returns:
-    eval_step(state, batch) -> {"loss_sum", "correct", "count"} float32 sums
+    eval_step(state, batch) -> {"loss_sum", "correct", "correct_top5",
+    "count"} float32 sums
     over the examples with batch["mask"] = 1; batch holds "image"
     uint8[B, H, W, 3], "label" int32[B], "mask" float32[B] (0 for padding).
   """
@@ -542,17 +549,51 @@ def evaluate(eval_step: Callable, state: TrainState,
   Args:
     eval_step: from `make_eval_step`.
     state: the state to evaluate.
-    split: the examples.
-    batch_size: fixed batch size (one compilation).
+    split: the examples: an in-memory `input_pipeline.Split`, or a
+      `streaming.StreamingDataset` (its test split, streamed; each process
+      reads its share).
+    batch_size: fixed global batch size (one compilation).
     sharding: optional batch sharding.
 
   Returns:
-    {"loss": mean CE, "accuracy": fraction correct, "count": N}.
+    {"loss": mean CE, "accuracy": fraction correct (top-1),
+    "accuracy_top5": fraction with the label among the top 5 logits,
+    "count": N}.
   """
-  if split.size == 0:  # never a metric from zero examples
+  if getattr(split, "size", None) == 0:  # never a metric from 0 examples
     raise errors.DataError("the evaluation split has no examples; no test "
                            "metric can be computed.")
-  totals = np.zeros(3, np.float64)
+  totals = np.zeros(4, np.float64)
+  for batch in _eval_batches(split, batch_size, sharding):
+    out = jax.device_get(eval_step(state, batch))
+    totals += [out["loss_sum"], out["correct"], out["correct_top5"],
+               out["count"]]
+  if totals[3] == 0:
+    raise errors.DataError("the evaluation split yielded no examples; no "
+                           "test metric can be computed.")
+  count = totals[3]
+  return {"loss": float(totals[0] / count),
+          "accuracy": float(totals[1] / count),
+          "accuracy_top5": float(totals[2] / count), "count": int(count)}
+
+
+# ---------------------------------------------------------------------------
+# Input per process.
+# ---------------------------------------------------------------------------
+
+
+def _eval_batches(split, batch_size: int, sharding):
+  """Padded evaluation batches (with "mask") on the devices: the whole
+  in-memory split, or a streamed split's rows of this process."""
+  if streaming.is_streaming(split):
+    batches = split.eval_batches(batch_size,
+                                 process_index=jax.process_index(),
+                                 process_count=jax.process_count())
+    put = (jax.device_put if sharding is None else functools.partial(
+        parallel.from_process_local, mesh=sharding.mesh,
+        global_size=batch_size))
+    yield from streaming.prefetch(batches, put)
+    return
   for batch in input_pipeline.batches(split, batch_size, seed=0, epoch=0,
                                       shuffle=False, drop_last=False):
     n = batch["label"].shape[0]
@@ -563,16 +604,7 @@ def evaluate(eval_step: Callable, state: TrainState,
         "mask": np.concatenate([np.ones(n, np.float32),
                                 np.zeros(pad, np.float32)]),
     }
-    out = jax.device_get(eval_step(state, _put(batch, sharding)))
-    totals += [out["loss_sum"], out["correct"], out["count"]]
-  count = totals[2]
-  return {"loss": float(totals[0] / count),
-          "accuracy": float(totals[1] / count), "count": int(count)}
-
-
-# ---------------------------------------------------------------------------
-# Input per process.
-# ---------------------------------------------------------------------------
+    yield _put(batch, sharding)
 
 
 def _put(batch, sharding):
@@ -614,6 +646,20 @@ def _train_split(dataset: input_pipeline.Dataset,
         "train_split='pretrain_small' (config.train.train_split, or "
         "config.pretrain.train.train_split in a search), the same share of "
         "any training set.") from e
+
+
+def _save_after_error(save, ckpt, state, pending, check) -> Optional[int]:
+  """Saves the current step after the input failed; returns it (None when
+  the state cannot be saved, e.g. it diverged)."""
+  try:
+    if pending is not None:
+      check(pending)
+    step = int(jax.device_get(state.step))
+    save(step)
+    ckpt.wait()
+    return step
+  except Exception:  # pylint: disable=broad-except
+    return None
 
 
 def _policy_fingerprint(policy: policy_lib.Policy):
@@ -665,17 +711,24 @@ def train(config, workdir, *, dataset: Optional[input_pipeline.Dataset] = None,
   tc = config.train
   workdir = utils.prepare_workdir(workdir)
 
-  # Data.
+  # Data: in memory, or streamed a batch at a time (ImageNet).
   if dataset is None:
-    dataset = input_pipeline.load_dataset(config.input)
-  split = _train_split(dataset, tc)
-  spe = input_pipeline.steps_per_epoch(split.size, tc.batch_size, True)
+    dataset = streaming.open_dataset(config.input, stats_dir=workdir)
+  streamed = streaming.is_streaming(dataset)
+  if streamed:
+    train_size, test_size = dataset.train.size, dataset.test.size
+    spe = dataset.steps_per_epoch(tc.batch_size, jax.process_count())
+    test = dataset  # evaluate() streams its test split
+  else:
+    split = _train_split(dataset, tc)
+    train_size, test = split.size, dataset.splits["test"]
+    test_size = test.size
+    spe = input_pipeline.steps_per_epoch(split.size, tc.batch_size, True)
   if spe == 0:
     raise errors.ConfigError(
-        f"config.train.batch_size={tc.batch_size} exceeds the {split.size} "
+        f"config.train.batch_size={tc.batch_size} exceeds the {train_size} "
         f"images of the {tc.train_split!r} split (batches drop the remainder).")
   total = config_lib.total_steps(tc, spe)
-  test = dataset.splits["test"]
   mean, std = dataset.mean, dataset.std  # eval constants (spec §4.3)
   if tc.normalization == "search":  # spec §1.3, for search pretraining
     mean, std = input_pipeline.normalization_constants(
@@ -754,7 +807,7 @@ def train(config, workdir, *, dataset: Optional[input_pipeline.Dataset] = None,
       "Training %s (%d params) with policy %r (%d layers) on %d %s images, "
       "batch %d x %d copies, %d steps (%d per epoch), from step %d; "
       "workdir %s", config.model.name, num_params, policy.name,
-      policy.num_layers, split.size, tc.train_split, tc.batch_size,
+      policy.num_layers, train_size, tc.train_split, tc.batch_size,
       tc.ba_copies, total, spe, start, workdir)
 
   def evaluate_now(step: int) -> Dict[str, float]:
@@ -763,9 +816,11 @@ def train(config, workdir, *, dataset: Optional[input_pipeline.Dataset] = None,
     res["step"] = step
     writer.write_scalars(step, {"epoch": step / spe,
                                 "test_loss": res["loss"],
-                                "test_accuracy": res["accuracy"]})
-    logging.info("step %d (epoch %.2f): test accuracy %.4f, loss %.4f", step,
-                 step / spe, res["accuracy"], res["loss"])
+                                "test_accuracy": res["accuracy"],
+                                "test_accuracy_top5": res["accuracy_top5"]})
+    logging.info("step %d (epoch %.2f): test accuracy %.4f (top-5 %.4f), "
+                 "loss %.4f", step, step / spe, res["accuracy"],
+                 res["accuracy_top5"], res["loss"])
     return res
 
   # The last train/test metrics travel with the checkpoint, so that a run
@@ -797,12 +852,22 @@ def train(config, workdir, *, dataset: Optional[input_pipeline.Dataset] = None,
           f"{ckpt.directory}. Lower config.train.learning_rate, keep "
           "config.train.grad_clip_norm > 0, or turn off config.train.bf16.")
 
+  def put_local(batch):
+    if mesh is None:
+      return jax.device_put(batch)
+    return parallel.from_process_local(batch, mesh, tc.batch_size)
+
   t_loop = time.time()
   step = start
   try:
     while step < end:
       epoch, offset = divmod(step, spe)
-      if jax.process_count() > 1:  # each process reads only its rows
+      if streamed:  # each process streams its own share of the examples
+        batches = streaming.prefetch(dataset.train_batches(
+            tc.batch_size, seed=tc.seed, epoch=epoch, start_step=offset,
+            process_index=jax.process_index(),
+            process_count=jax.process_count()), put_local)
+      elif jax.process_count() > 1:  # each process reads only its rows
         batches = _process_batches(
             split, tc.batch_size, seed=tc.seed, epoch=epoch,
             start_step=offset,
@@ -811,7 +876,7 @@ def train(config, workdir, *, dataset: Optional[input_pipeline.Dataset] = None,
         batches = input_pipeline.batches(split, tc.batch_size, seed=tc.seed,
                                          epoch=epoch, start_step=offset)
       for batch in batches:
-        if mesh is not None:
+        if mesh is not None and not streamed:
           batch = parallel.from_process_local(batch, mesh, tc.batch_size)
         state, metrics = train_step(state, batch, run_key)
         step += 1
@@ -855,6 +920,14 @@ def train(config, workdir, *, dataset: Optional[input_pipeline.Dataset] = None,
     if step >= total and (test_res is None or test_res["step"] != step):
       test_res = evaluate_now(step)
     save(step)
+  except errors.DataError as e:  # a bad record: keep what was trained
+    saved = _save_after_error(save, ckpt, state, pending, check)
+    ckpt.close()
+    raise errors.DataError(
+        f"{e} (training stopped at step "
+        f"{saved if saved is not None else step}; "
+        f"{'saved' if saved is not None else 'latest checkpoint'} in "
+        f"{ckpt.directory})") from None
   except KeyboardInterrupt:
     saved = None
     try:
@@ -884,6 +957,7 @@ def train(config, workdir, *, dataset: Optional[input_pipeline.Dataset] = None,
       "complete": complete,
       "epoch": step / spe,
       "test_accuracy": test_res.get("accuracy"),
+      "test_accuracy_top5": test_res.get("accuracy_top5"),
       "test_loss": test_res.get("loss"),
       "train_loss": last_train.get("loss"),
       "train_accuracy": last_train.get("accuracy"),
@@ -903,8 +977,10 @@ def train(config, workdir, *, dataset: Optional[input_pipeline.Dataset] = None,
                    "num_layers": policy.num_layers,
                    "summary": policy.summary(5)},
         "model": config.model.name,
-        "dataset": {"name": dataset.name, "train_split": tc.train_split,
-                    "train_images": split.size, "test_images": test.size,
+        "dataset": {"name": dataset.name, "train_split": (
+                        dataset.train.spec if streamed else tc.train_split),
+                    "train_images": train_size, "test_images": test_size,
+                    "pipeline": "stream" if streamed else "memory",
                     "fingerprint": identity["data"]},
         "devices": [str(d) for d in jax.local_devices()],
         "num_devices": jax.device_count(),

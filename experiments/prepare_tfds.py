@@ -86,7 +86,7 @@ def write_tfds_from_npz(
   """
   dataset, data = input_pipeline.load_npz(npz_path, name=name, field="--npz")
   data_dir = os.path.abspath(os.path.expanduser(data_dir))
-  tfds = input_pipeline._import_tfds()  # pylint: disable=protected-access
+  tfds = input_pipeline.import_tfds()
 
   extra = {}
   try:

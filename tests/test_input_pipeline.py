@@ -603,42 +603,8 @@ def test_tfds_missing_raises(tmp_path):
                             data_dir=str(tmp_path)))
 
 
-def test_imagenet_tfds_not_implemented(tmp_path):
-  with pytest.raises(NotImplementedError, match="imagenet_iterator"):
+def test_imagenet_is_never_loaded_whole(tmp_path):
+  # ImageNet goes through `streaming` (tests/test_streaming.py).
+  with pytest.raises(errors.ConfigError, match="pipeline=stream"):
     ip.load_dataset(_config(name="imagenet2012", source="tfds",
                             data_dir=str(tmp_path)))
-  with pytest.raises(NotImplementedError, match="validation"):
-    ip.imagenet_iterator("train", 8, data_dir=str(tmp_path))
-
-
-@requires_tf
-def test_imagenet_iterator_eval_on_synthetic(tmp_path):
-  import tensorflow_datasets as tfds
-  rng = np.random.default_rng(0)
-  shapes = [(40, 60), (70, 30), (32, 32)]
-  images = [rng.integers(0, 256, (*s, 3), dtype=np.uint8) for s in shapes]
-  features = tfds.features.FeaturesDict({
-      "image": tfds.features.Image(shape=(None, None, 3)),
-      "label": tfds.features.ClassLabel(num_classes=5)})
-  examples = [(i, {"image": im, "label": i}) for i, im in enumerate(images)]
-  tfds.dataset_builders.store_as_tfds_dataset(
-      name="deepaa_varsize", version="1.0.0", features=features,
-      split_datasets={"validation": examples}, data_dir=str(tmp_path),
-      disable_shuffling=True)
-  out = list(ip.imagenet_iterator("validation", 2, data_dir=str(tmp_path),
-                                  name="deepaa_varsize", resize_size=20,
-                                  crop_size=16))
-  assert [b["image"].shape for b in out] == [(2, 16, 16, 3), (1, 16, 16, 3)]
-  assert out[0]["image"].dtype == np.uint8
-  np.testing.assert_array_equal(np.concatenate([b["label"] for b in out]),
-                                [0, 1, 2])
-  # A constant image stays constant through resize + crop.
-  const = np.full((30, 50, 3), 77, np.uint8)
-  tfds.dataset_builders.store_as_tfds_dataset(
-      name="deepaa_const", version="1.0.0", features=features,
-      split_datasets={"validation": [(0, {"image": const, "label": 0})]},
-      data_dir=str(tmp_path))
-  (batch,) = list(ip.imagenet_iterator("validation", 4, data_dir=str(tmp_path),
-                                       name="deepaa_const", resize_size=20,
-                                       crop_size=16))
-  assert np.all(batch["image"] == 77)

@@ -83,9 +83,23 @@ def wrn_spec(name: str) -> Optional[Tuple[int, int, str]]:
   return depth, width, "search" if match.group(3) else "eval"
 
 
+_RESNET_PATTERN = re.compile(r"^(resnet(?:18|50|200))_w(\d+)$")
+
+
+def resnet_spec(name: str) -> Optional[Tuple[str, int]]:
+  """(registered ResNet, base width) of a "resnet<18|50|200>_w<N>" name: the
+  same ResNet with N planes in its first stage instead of 64 (narrow
+  networks for CPU tests and small configs), else None."""
+  match = _RESNET_PATTERN.match(name)
+  if not match or int(match.group(2)) < 1:
+    return None
+  return match.group(1), int(match.group(2))
+
+
 def is_known_model(name: str) -> bool:
   """Whether `get_model` builds `name`."""
-  return name in _REGISTRY or wrn_spec(name) is not None
+  return (name in _REGISTRY or wrn_spec(name) is not None
+          or resnet_spec(name) is not None)
 
 
 def get_model(name: str, *, num_classes: int, dtype: Any = jnp.float32,
@@ -93,8 +107,9 @@ def get_model(name: str, *, num_classes: int, dtype: Any = jnp.float32,
   """Builds a model by name.
 
   Args:
-    name: one of `MODEL_NAMES`, or "wrn_<depth>_<k>[_search]" for any
-      WideResNet with depth = 6n + 4 >= 10.
+    name: one of `MODEL_NAMES`, "wrn_<depth>_<k>[_search]" for any
+      WideResNet with depth = 6n + 4 >= 10, or "resnet<18|50|200>_w<N>" for
+      a ResNet of base width N.
     num_classes: logits dimension (10 / 100 for CIFAR, 1000 for ImageNet).
     dtype: computation dtype (parameters and logits stay float32).
     **kwargs: extra module fields, e.g. `dropout_rate` for WRNs or
@@ -108,11 +123,16 @@ def get_model(name: str, *, num_classes: int, dtype: Any = jnp.float32,
   """
   if name in _REGISTRY:
     return _REGISTRY[name](num_classes=num_classes, dtype=dtype, **kwargs)
+  narrow = resnet_spec(name)
+  if narrow is not None:
+    return _REGISTRY[narrow[0]](num_classes=num_classes, dtype=dtype,
+                                base_width=narrow[1], **kwargs)
   spec = wrn_spec(name)
   if spec is None:
     raise ValueError(
         f"Unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}, or "
-        "'wrn_<depth>_<k>[_search]' with depth = 6n+4 >= 10")
+        "'wrn_<depth>_<k>[_search]' with depth = 6n+4 >= 10, or "
+        "'resnet<18|50|200>_w<base width>'")
   depth, width, variant = spec
   return WideResNet(depth=depth, widen_factor=width, num_classes=num_classes,
                     variant=variant, dtype=dtype, **kwargs)
@@ -131,6 +151,7 @@ __all__ = [
     "resnet18",
     "resnet200",
     "resnet50",
+    "resnet_spec",
     "shake_shake_mix",
     "shake_shake_26_2x96d",
     "split_bn",
