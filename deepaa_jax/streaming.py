@@ -244,12 +244,17 @@ class StreamingDataset:
     tfds = input_pipeline.import_tfds()
     tf = input_pipeline.import_tf()
     builder = _builder(tfds, self.name, self.data_dir)
+    # File-level shuffling (seeded) unless the dataset was stored ordered
+    # (`disable_shuffling`, which TFDS then refuses); the shuffle buffer
+    # shuffles either way.
+    shuffle_files = (shuffle_seed is not None
+                     and not getattr(builder.info, "disable_shuffling", False))
     read_config = tfds.ReadConfig(
         shuffle_seed=shuffle_seed, try_autocache=False,
-        interleave_cycle_length=16 if shuffle_seed is not None else 1)
+        interleave_cycle_length=16 if shuffle_files else 1)
     try:
       ds = builder.as_dataset(
-          split=spec, shuffle_files=shuffle_seed is not None,
+          split=spec, shuffle_files=shuffle_files,
           decoders={"image": tfds.decode.SkipDecoding()},
           read_config=read_config)
     except (tfds.core.registered.DatasetNotFoundError, AssertionError,
@@ -502,12 +507,23 @@ def prefetch(iterator: Iterable[Any], put, size: int = 2) -> Iterator[Any]:
   the host prepares batch t+1 while the device runs step t."""
   queue = collections.deque()
   iterator = iter(iterator)
-  for item in itertools.islice(iterator, size):
-    queue.append(put(item))
+  failure = None
+
+  def fill(count):
+    nonlocal failure
+    try:
+      for item in itertools.islice(iterator, count):
+        queue.append(put(item))
+    except Exception as e:  # pylint: disable=broad-except
+      failure = e  # raised once the items fetched before it are used
+
+  fill(size)
   while queue:
     yield queue.popleft()
-    for item in itertools.islice(iterator, 1):
-      queue.append(put(item))
+    if failure is None:
+      fill(1)
+  if failure is not None:
+    raise failure
 
 
 __all__ = ["AUTO_STREAM_BYTES", "PIPELINES", "StreamSplit",

@@ -1,9 +1,11 @@
 """Shared test fixtures: where the offline data lives, and test images."""
 
+import contextlib
 import os
 import pathlib
 import subprocess
 import sys
+from unittest import mock
 
 import jax
 import numpy as np
@@ -42,6 +44,38 @@ def synthetic_images(size=32, seed=0):
       blob,
   ]
   return np.clip(np.stack(images), 0, 255).astype(np.uint8)
+
+
+@contextlib.contextmanager
+def mock_tfds(num_examples, data_dir, names=("imagenet2012",)):
+  """`tfds.testing.mock_data(num_examples=...)` (the real TFDS reading code,
+  random examples; JPEGs of 5..50 px for ImageNet) for datasets `names` in
+  `data_dir`, without the mock's file-system patch.
+
+  That patch maps every path of every thread to a temporary directory while
+  `as_dataset` runs, and so redirects an asynchronous orbax save in flight
+  (a mock-only race). It only serves to fake the existence of the dataset
+  folder, which is created here for real instead.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from tensorflow_datasets.testing import test_utils  # pylint: disable=g-import-not-at-top
+
+  class _NoFs:
+    def __enter__(self):
+      return self
+
+    def __exit__(self, *unused):
+      return False
+
+    def add_file(self, *unused, **unused_kw):
+      pass
+
+  with mock.patch.object(test_utils, "MockFs", _NoFs), \
+      tfds.testing.mock_data(num_examples=num_examples):
+    for name in names:
+      pathlib.Path(tfds.builder(name, data_dir=str(data_dir)).data_dir).mkdir(
+          parents=True, exist_ok=True)
+    yield
 
 
 def run_cli(*args, workdir, timeout=300):
