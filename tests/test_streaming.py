@@ -377,3 +377,56 @@ def test_peak_rss_stays_flat_as_the_dataset_grows():
   # ...while holding the split does (the check can fail).
   _, grow_held = _peak_growth("memory", large)
   assert grow_held - grow_small > whole / 2, (grow_small, grow_held)
+
+
+# ---------------------------------------------------------------------------
+# The CLI, end to end.
+# ---------------------------------------------------------------------------
+
+
+def _mock_cli(config, tmp_path, *overrides, num_examples=24):
+  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu",
+             TF_CPP_MIN_LOG_LEVEL="2", JAX_DISABLE_MOST_OPTIMIZATIONS="1")
+  data_dir = tmp_path / "tfds"
+  return subprocess.run(
+      [sys.executable, str(REPO / "tests" / "mock_tfds_main.py"),
+       str(num_examples), str(data_dir), f"--config={config}",
+       f"--workdir={tmp_path / 'run'}", f"--config.input.data_dir={data_dir}",
+       *overrides], cwd=REPO, env=env, capture_output=True, text=True,
+      timeout=300)
+
+
+_TINY_RESNET50_RUN = (
+    "--config.model.name=resnet18_w4", "--config.input.image_size=32",
+    "--config.input.shuffle_buffer=16", "--config.train.num_epochs=0",
+    "--config.train.num_steps=2", "--config.train.batch_size=8",
+    "--config.train.eval_batch_size=8", "--config.train.warmup_epochs=0",
+    "--config.train.bf16=False", "--config.train.learning_rate=0.05",
+    "--config.train.checkpoint_every_steps=1")
+
+
+def test_cli_imagenet_resnet50_on_mock_imagenet(tmp_path):
+  out = _mock_cli("configs/imagenet_resnet50.py", tmp_path,
+                  *_TINY_RESNET50_RUN)
+  assert out.returncode == 0, out.stderr[-3000:]
+  results = json.loads((tmp_path / "run" / "results.json").read_text())
+  assert results["complete"] and results["step"] == 2
+  assert "imagenet_1" in results["policy"]["name"]
+  assert results["dataset"]["name"] == "imagenet2012"
+  assert results["dataset"]["pipeline"] == "stream"
+  assert 0 <= results["test_accuracy"] <= results["test_accuracy_top5"] <= 1
+  assert "test accuracy" in out.stderr  # the job's own log lines show
+  # (Kill and resume: test_imagenet_trains_streamed_and_resumes_exactly.)
+
+
+def test_cli_imagenet_not_prepared_is_one_line(tmp_path):
+  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+  out = subprocess.run(
+      [sys.executable, "-m", "deepaa_jax.main",
+       "--config=configs/imagenet_resnet50.py", f"--workdir={tmp_path / 'r'}",
+       f"--config.input.data_dir={tmp_path / 'empty'}"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 1
+  (line,) = [l for l in out.stderr.splitlines() if l.startswith("ERROR")]
+  assert "imagenet2012" in line and str(tmp_path / "empty") in line
+  assert "Traceback" not in out.stderr
