@@ -21,6 +21,7 @@ import optax
 import pytest
 
 from deepaa_jax import config as config_lib
+from deepaa_jax import errors
 from deepaa_jax import input_pipeline
 from deepaa_jax import policy as policy_lib
 from deepaa_jax import space as space_lib
@@ -432,10 +433,20 @@ def test_search_pretraining_config(tiny_npz):
   assert config_lib.total_steps(t, 5000 // 128) == 1755
 
 
-def test_imagenet_config_fails_clearly(policy_file):
+def test_imagenet_config_validates_and_streams_only(policy_file):
   config = load_config("imagenet_resnet50")
   config.policy.path = policy_file  # the official imagenet_1 is in ../shared
-  with pytest.raises(ValueError, match=r"config\.input\.name: ImageNet"):
+  config_lib.validate(config)
+  assert (config.input.pipeline, config.input.image_size,
+          config.input.resize_size) == ("stream", 224, 256)
+  # 1,281,167 images / 2048: 625 steps per epoch, 270 epochs.
+  assert config_lib.total_steps(config.train, 1281167 // 2048) == 168750
+  config.input.pipeline = "memory"  # 150 GB in host memory: refused
+  with pytest.raises(errors.ConfigError, match=r"config\.input\.name="):
+    config_lib.validate(config)
+  config.input.pipeline = "stream"
+  config.input.train_subset = 1000  # a streamed subset is a TFDS slice
+  with pytest.raises(errors.ConfigError, match=r"train\[:200000\]"):
     config_lib.validate(config)
 
 
