@@ -680,7 +680,7 @@ def tfds_missing_message(name: str, data_dir) -> str:
       "--config.input.npz_path=/path/to/data.npz.")
 
 
-def _tfds_builder(tfds, name: str, data_dir):
+def tfds_builder(tfds, name: str, data_dir):
   """The dataset's builder (its `info`: features, classes); raises
   DatasetNotFoundError for a name TFDS does not know. Whether the data is
   prepared is found out by reading it (`_tfds_split_to_numpy`), which also
@@ -690,6 +690,19 @@ def _tfds_builder(tfds, name: str, data_dir):
   except (tfds.core.registered.DatasetNotFoundError, FileNotFoundError,
           AssertionError) as e:
     raise DatasetNotFoundError(tfds_missing_message(name, data_dir)) from e
+
+
+def check_image_classification(builder, name: str, data_dir):
+  """The builder's features, after checking they hold "image" and "label"
+  (errors.DataError otherwise)."""
+  features = builder.info.features
+  for key in ("image", "label"):
+    if key not in features:
+      raise errors.DataError(
+          f"{tfds_where(name, data_dir)}: not an image-classification "
+          f"dataset (features {sorted(features.keys())}; need 'image' and "
+          "'label').")
+  return features
 
 
 def _tfds_split_to_numpy(tfds, builder, name: str, split: str, data_dir,
@@ -747,14 +760,8 @@ def _load_tfds(name: str, data_dir) -> Dataset:
         "--config.input.pipeline=stream (or auto).")
   data_dir = os.path.expanduser(data_dir) if data_dir else None
   tfds = import_tfds()
-  builder = _tfds_builder(tfds, name, data_dir)
-  features = builder.info.features
-  for key in ("image", "label"):
-    if key not in features:
-      raise errors.DataError(
-          f"{tfds_where(name, data_dir)}: not an image-classification "
-          f"dataset (features {sorted(features.keys())}; need 'image' and "
-          "'label').")
+  builder = tfds_builder(tfds, name, data_dir)
+  features = check_image_classification(builder, name, data_dir)
   test_split = _tfds_test_split(tfds, name, data_dir,
                                 set(builder.info.splits.keys()))
   train = _tfds_split_to_numpy(tfds, builder, name, "train", data_dir)

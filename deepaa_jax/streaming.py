@@ -243,7 +243,7 @@ class StreamingDataset:
     """Encoded examples of `spec` ({"image": bytes, "label": int64})."""
     tfds = input_pipeline.import_tfds()
     tf = input_pipeline.import_tf()
-    builder = _builder(tfds, self.name, self.data_dir)
+    builder = input_pipeline.tfds_builder(tfds, self.name, self.data_dir)
     # File-level shuffling (seeded) unless the dataset was stored ordered
     # (`disable_shuffling`, which TFDS then refuses); the shuffle buffer
     # shuffles either way.
@@ -329,15 +329,6 @@ def resize_center_crop(tf, image, resize_size: int, crop_size: int):
 def _one_line(error: BaseException) -> str:
   text = " ".join(str(error).split())
   return text[:400] + ("..." if len(text) > 400 else "")
-
-
-def _builder(tfds, name: str, data_dir):
-  try:
-    return tfds.builder(name, data_dir=data_dir)
-  except (tfds.core.registered.DatasetNotFoundError, FileNotFoundError,
-          AssertionError) as e:
-    raise errors.DatasetNotFoundError(
-        input_pipeline.tfds_missing_message(name, data_dir)) from e
 
 
 def _split_size(builder, tfds, name: str, data_dir, spec: str) -> int:
@@ -436,14 +427,9 @@ def open_streaming(config, *, stats_dir=None) -> StreamingDataset:
   if data_dir and "://" not in str(data_dir):
     data_dir = os.path.expanduser(str(data_dir))
   tfds = input_pipeline.import_tfds()
-  builder = _builder(tfds, name, data_dir)
-  features = builder.info.features
-  for key in ("image", "label"):
-    if key not in features:
-      raise errors.DataError(
-          f"{input_pipeline.tfds_where(name, data_dir)}: not an image-"
-          f"classification dataset (features {sorted(features.keys())}; need "
-          "'image' and 'label').")
+  builder = input_pipeline.tfds_builder(tfds, name, data_dir)
+  features = input_pipeline.check_image_classification(builder, name,
+                                                       data_dir)
   num_classes = getattr(features["label"], "num_classes", None)
   if not num_classes:
     raise errors.DataError(
@@ -483,7 +469,7 @@ def wants_streaming(config) -> bool:
     return True
   tfds = input_pipeline.import_tfds()
   try:
-    size = int(_builder(tfds, str(config.name),
+    size = int(input_pipeline.tfds_builder(tfds, str(config.name),
                         config.data_dir or None).info.dataset_size or 0)
   except (errors.DataError, TypeError, ValueError):
     return False  # reading it in memory reports any problem

@@ -649,8 +649,9 @@ def _train_split(dataset: input_pipeline.Dataset,
 
 
 def _save_after_error(save, ckpt, state, pending, check) -> Optional[int]:
-  """Saves the current step after the input failed; returns it (None when
-  the state cannot be saved, e.g. it diverged)."""
+  """Saves the current step after Ctrl-C or an input error; returns it (None
+  when the state cannot be saved: it diverged, or its buffers were donated
+  to the interrupted step)."""
   try:
     if pending is not None:
       check(pending)
@@ -929,16 +930,7 @@ def train(config, workdir, *, dataset: Optional[input_pipeline.Dataset] = None,
         f"{'saved' if saved is not None else 'latest checkpoint'} in "
         f"{ckpt.directory})") from None
   except KeyboardInterrupt:
-    saved = None
-    try:
-      if pending is not None:
-        check(pending)
-      step = int(jax.device_get(state.step))
-      save(step)
-      ckpt.wait()
-      saved = step
-    except Exception:  # pylint: disable=broad-except
-      pass  # e.g. the state's buffers were donated to the interrupted step
+    saved = _save_after_error(save, ckpt, state, pending, check)
     ckpt.close()
     where = (f"saved at step {saved}" if saved is not None else
              f"latest checkpoint: {ckpt.all_steps()[-1:] or 'none'}")
