@@ -592,6 +592,80 @@ def test_tfds_round_trip_unregistered_name_shuffled(tmp_path):
   assert ds.fingerprint() != from_npz.fingerprint()
 
 
+def _smooth_images(n, hw, seed):
+  """uint8[n, H, W, 3] of random per-channel gradients: images that JPEG
+  keeps within a few grey levels (random noise would not be)."""
+  rng = np.random.default_rng(seed)
+  i, j = np.meshgrid(np.arange(hw[0]), np.arange(hw[1]), indexing="ij")
+  slopes = rng.uniform(-12, 12, (n, 1, 1, 3, 2))
+  base = rng.uniform(60, 190, (n, 1, 1, 3))
+  images = (base + slopes[..., 0] * i[None, :, :, None]
+            + slopes[..., 1] * j[None, :, :, None])
+  return np.clip(np.round(images), 0, 255).astype(np.uint8)
+
+
+@requires_tf
+def test_tfds_upscaled_jpeg_is_read_and_streamed(tmp_path):
+  from deepaa_jax import streaming  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  npz = tmp_path / "smooth.npz"
+  arrays = dict(train_images=_smooth_images(12, (8, 8), 1),
+                train_labels=np.arange(12) % 3,
+                test_images=_smooth_images(6, (8, 8), 2),
+                test_labels=np.arange(6) % 3,
+                label_names=np.array(["a", "b", "c"]))
+  np.savez(npz, **arrays)
+  data_dir = tmp_path / "tfds"
+  prepare_tfds.write_tfds_from_npz(
+      str(npz), str(data_dir), name="deepaa_jpeg16", version="1.0.0",
+      disable_shuffling=True, upscale=2, encoding="jpeg", jpeg_quality=95)
+  want = {split: np.stack([prepare_tfds.upscale_image(x, 2)
+                           for x in arrays[f"{split}_images"]])
+          for split in ("train", "test")}
+  assert want["train"].shape == (12, 16, 16, 3)
+  # Stored as JPEG bytes (not PNG).
+  builder = tfds.builder("deepaa_jpeg16", data_dir=str(data_dir))
+  raw = builder.as_dataset(split="test", decoders={
+      "image": tfds.decode.SkipDecoding()})
+  assert all(ex["image"].numpy()[:2] == b"\xff\xd8" for ex in raw)
+  # Decoded whole (the in-memory path): the PIL-upscaled pixels within JPEG
+  # error, sizes and labels exact, in the npz order.
+  ds = ip.load_dataset(_config(name="deepaa_jpeg16", source="tfds",
+                               data_dir=str(data_dir), pipeline="memory"))
+  assert ds.num_classes == 3 and ds.image_shape == (16, 16, 3)
+  for split in ("train", "test"):
+    got = ds.splits[split]
+    np.testing.assert_array_equal(got.labels, arrays[f"{split}_labels"])
+    err = np.abs(got.images.astype(int) - want[split].astype(int))
+    assert err.mean() < 2.0 and err.max() <= 24, (err.mean(), err.max())
+  # Streamed: decoded on the fly, resize 16 (identity) + centre crop 12.
+  stream = streaming.open_streaming(_config(
+      name="deepaa_jpeg16", source="tfds", data_dir=str(data_dir),
+      pipeline="stream", image_size=12, resize_size=16, stats_images=12))
+  assert (stream.num_classes, stream.train.size, stream.test.size) == (3, 12, 6)
+  assert stream.test.spec == "test" and stream.image_shape == (12, 12, 3)
+  batch, = list(stream.eval_batches(6))
+  np.testing.assert_array_equal(batch["label"], arrays["test_labels"])
+  err = np.abs(batch["image"].astype(int)
+               - ds.splits["test"].images[:, 2:14, 2:14].astype(int))
+  assert err.max() <= 1, err.max()  # TF's identity resize vs TFDS decode
+  # Registered names keep their registered spec; bad options are refused.
+  ten = tmp_path / "ten.npz"
+  _write_npz(ten, 4, 2)
+  with pytest.raises(ValueError, match="registered TFDS dataset"):
+    prepare_tfds.write_tfds_from_npz(str(ten), str(tmp_path / "x"),
+                                     name="cifar10", encoding="jpeg")
+  with pytest.raises(ValueError, match="registered TFDS dataset"):
+    prepare_tfds.write_tfds_from_npz(str(ten), str(tmp_path / "x"),
+                                     name="cifar10", upscale=2)
+  with pytest.raises(ValueError, match="encoding"):
+    prepare_tfds.write_tfds_from_npz(str(npz), str(tmp_path / "x"),
+                                     name="deepaa_x", encoding="webp")
+  with pytest.raises(ValueError, match="upscale"):
+    prepare_tfds.write_tfds_from_npz(str(npz), str(tmp_path / "x"),
+                                     name="deepaa_x", upscale=0)
+
+
 @requires_tf
 def test_tfds_missing_raises(tmp_path):
   with pytest.raises(ip.DatasetNotFoundError) as info:

@@ -430,3 +430,33 @@ def test_cli_imagenet_not_prepared_is_one_line(tmp_path):
   (line,) = [l for l in out.stderr.splitlines() if l.startswith("ERROR")]
   assert "imagenet2012" in line and str(tmp_path / "empty") in line
   assert "Traceback" not in out.stderr
+
+
+# ---------------------------------------------------------------------------
+# configs/cifar10_stream_cpu.py (validated only; the run is in its docstring).
+# ---------------------------------------------------------------------------
+
+
+def test_cifar10_stream_cpu_config_validates(tmp_path):
+  from deepaa_jax import policy as policy_lib  # pylint: disable=g-import-not-at-top
+  from deepaa_jax import space as space_lib  # pylint: disable=g-import-not-at-top
+  config = config_lib.load_config_file(REPO / "configs" /
+                                       "cifar10_stream_cpu.py")
+  # The official cifar_1 file is in ../shared; validation needs a file only.
+  config.policy.path = str(policy_lib.save_official_npz(
+      tmp_path / "policy.npz",
+      policy_lib.baseline("standard", space_lib.cifar_space())))
+  config_lib.validate(config)  # the CIFAR space on streamed data is accepted
+  i = config.input
+  assert (config.job, i.source, i.name, i.pipeline) == (
+      "train", "tfds", "cifar10_jpeg64", "stream")
+  assert streaming.wants_streaming(i)  # decided without opening anything
+  # 64 x 64 JPEGs: the 256/224 rule for S = 56 is an identity resize.
+  assert (i.image_size, i.resize_size) == (56, 64)
+  assert streaming.default_resize(i.image_size) == i.resize_size
+  assert config.policy.space == "cifar" and config.policy.kind == "official"
+  # 50,000 images / 32 (drop_last): 1,562 steps per epoch, 2 epochs.
+  assert config_lib.total_steps(config.train, 50000 // 32) == 3124
+  config.input.source = "npz"  # streaming reads TFDS only
+  with pytest.raises(errors.ConfigError, match="source=tfds"):
+    config_lib.validate(config)
