@@ -4,9 +4,8 @@
 prints the transform table and writes `workdir/transforms_grid.png`.
 """
 
-import pathlib
-
 from absl import logging
+from etils import epath
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,9 +13,10 @@ import numpy as np
 from deepaa_jax import input_pipeline
 from deepaa_jax import plots
 from deepaa_jax import space as space_lib
+from deepaa_jax import utils
 
 
-def run_demo(config, workdir: str) -> pathlib.Path:
+def run_demo(config, workdir: str) -> epath.Path:
   """Prints the space's table and writes the transform grid; returns its path.
 
   Args:
@@ -36,7 +36,7 @@ def run_demo(config, workdir: str) -> pathlib.Path:
   out = np.asarray(jax.jit(lambda k, x: space_lib.apply_all(k, x, space))(
       key, image))
   titles = [f"{i} {space.transform_name(i)}" for i in range(space.size)]
-  path = plots.transform_grid(pathlib.Path(workdir) / "transforms_grid.png",
+  path = plots.transform_grid(utils.as_path(workdir) / "transforms_grid.png",
                               out, titles)
   logging.info("Wrote %s", path)
   print(f"Wrote {path}")

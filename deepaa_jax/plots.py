@@ -1,13 +1,17 @@
 """Figures: transform grids and policy plots (paper Fig. 3, Fig. 5/6).
 
 Matplotlib runs with the non-interactive Agg backend, so plots work on
-headless machines (TPU VMs, CI) and return the path of the written PNG.
+headless machines (TPU VMs, CI) and return the path of the written PNG (an
+`epath.Path`; a `gs://` path is written as one object).
 """
 
-import pathlib
+import io
 from typing import Sequence
 
+from etils import epath
 import numpy as np
+
+from deepaa_jax import utils
 
 
 def _pyplot():
@@ -17,8 +21,17 @@ def _pyplot():
   return plt
 
 
+def _save(fig, path, dpi: int) -> epath.Path:
+  """Renders `fig` as PNG into memory and writes it with `utils.write_bytes`
+  (local, parents created, or a URI), then closes it."""
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=dpi)
+  _pyplot().close(fig)
+  return utils.write_bytes(path, buffer.getvalue(), make_parents=True)
+
+
 def transform_grid(path, images: np.ndarray, titles: Sequence[str], *,
-                   columns: int = 12, scale: float = 1.1) -> pathlib.Path:
+                   columns: int = 12, scale: float = 1.1) -> epath.Path:
   """Writes a grid of images with a small title each.
 
   Args:
@@ -43,14 +56,10 @@ def transform_grid(path, images: np.ndarray, titles: Sequence[str], *,
     ax.imshow(image, interpolation="nearest")
     ax.set_title(title, fontsize=5)
   fig.tight_layout(pad=0.2)
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=150)
-  plt.close(fig)
-  return path
+  return _save(fig, path, dpi=150)
 
 
-def policy_op_mass(path, policy, *, title=None) -> pathlib.Path:
+def policy_op_mass(path, policy, *, title=None) -> epath.Path:
   """Paper Fig. 3: per layer, the probability of each operation (summed over
   its magnitude levels), as stacked bars.
 
@@ -79,14 +88,10 @@ def policy_op_mass(path, policy, *, title=None) -> pathlib.Path:
                fontsize=10)
   ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
   fig.tight_layout()
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=130)
-  plt.close(fig)
-  return path
+  return _save(fig, path, dpi=130)
 
 
-def policy_magnitudes(path, policy, *, title=None) -> pathlib.Path:
+def policy_magnitudes(path, policy, *, title=None) -> epath.Path:
   """Paper Fig. 5/6: for every operation with a magnitude, the distribution of
   its levels in each layer, p(level | op, layer) (rows = layers, columns = the
   13-level grid; the dropped identity level is blank). The row label gives
@@ -126,11 +131,7 @@ def policy_magnitudes(path, policy, *, title=None) -> pathlib.Path:
   if image is not None:
     fig.colorbar(image, cax=fig.add_axes([0.93, 0.15, 0.015, 0.7]),
                  label="p(level | op)")
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=130)
-  plt.close(fig)
-  return path
+  return _save(fig, path, dpi=130)
 
 
 _WATCHED_COLORS = {"identity": "#777777", "crop": "#ee7733",
@@ -149,7 +150,7 @@ def _smooth(values: Sequence[float], window: int) -> np.ndarray:
 
 
 def search_history(path, records, *, title="DeepAA search",
-                   smooth: int = 10) -> pathlib.Path:
+                   smooth: int = 10) -> epath.Path:
   """Per-step search diagnostics.
 
   Top row, one colour per layer: cosine similarity of v and g, p(Identity),
@@ -211,8 +212,4 @@ def search_history(path, records, *, title="DeepAA search",
     axes[1][0].legend(fontsize=6, ncol=2)
   fig.suptitle(title)
   fig.tight_layout()
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
+  return _save(fig, path, dpi=120)

@@ -31,9 +31,9 @@ written by `save_official_npz`.
 import dataclasses
 import datetime
 import importlib.metadata
+import io
 import json
 import math
-import pathlib
 from typing import Any, Dict, Mapping, Optional, Sequence
 import zipfile
 import zlib
@@ -46,6 +46,7 @@ import numpy as np
 
 from deepaa_jax import errors
 from deepaa_jax import space as space_lib
+from deepaa_jax import utils
 from deepaa_jax.errors import PolicyFileError
 
 Array = jax.Array
@@ -245,8 +246,9 @@ _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip (npz) archive, or empty
 _NPY_MAGIC = b"\x93NUMPY"
 
 
-def _read_npz(path: pathlib.Path) -> Dict[str, np.ndarray]:
-  """Every array of the npz archive at `path`, read without pickles.
+def _read_npz(path) -> Dict[str, np.ndarray]:
+  """Every array of the npz archive at `path` (an `epath.Path`, local or a
+  URI), read without pickles.
 
   Raises:
     FileNotFoundError: no such file.
@@ -258,12 +260,12 @@ def _read_npz(path: pathlib.Path) -> Dict[str, np.ndarray]:
   if path.is_dir():
     raise PolicyFileError(f"{prefix}: it is a directory")
   try:
-    with open(path, "rb") as f:
-      head = f.read(64)
+    raw = path.read_bytes()
   except FileNotFoundError:
     raise
   except OSError as e:
     raise PolicyFileError(f"{prefix}: {e}") from e
+  head = raw[:64]
   if head.startswith(_NPY_MAGIC):
     raise PolicyFileError(f"{prefix}: it is a .npy file (one array); a policy "
                           "npz holds several named arrays (np.savez)")
@@ -277,7 +279,7 @@ def _read_npz(path: pathlib.Path) -> Dict[str, np.ndarray]:
       what = f"it starts with {head[:16]!r}, not a zip header"
     raise PolicyFileError(f"{prefix}: not an npz archive; {what}")
   try:
-    with np.load(path, allow_pickle=False) as data:
+    with np.load(io.BytesIO(raw), allow_pickle=False) as data:
       return {k: np.asarray(data[k]) for k in data.files}
   except (zipfile.BadZipFile, EOFError, zlib.error) as e:
     raise PolicyFileError(f"{prefix}: the archive is truncated or corrupt "
@@ -318,7 +320,7 @@ def load_official_npz(path, *, cutout60: bool = True) -> Policy:
       the wrong shape or type, or does not match a search space; the message
       names the file.
   """
-  path = pathlib.Path(path)
+  path = utils.as_path(path)
   contents = _read_npz(path)
   required = ("policy_probs", "l_ops", "l_mags", "ops", "mags", "op_names")
   missing = [k for k in required if k not in contents]
@@ -382,19 +384,22 @@ def load_official_npz(path, *, cutout60: bool = True) -> Policy:
       "policy_DeepAA_", ""), meta)
 
 
-def save_official_npz(path, policy: Policy) -> pathlib.Path:
-  """Writes the authors' npz layout (spec §3.1), e.g. for their eval code."""
+def save_official_npz(path, policy: Policy):
+  """Writes the authors' npz layout (spec §3.1), e.g. for their eval code.
+
+  `path` may be local (parent folders are created) or a URI (`gs://...`);
+  returns it as an `epath.Path`.
+  """
   space = policy.space
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
   ranges = [f"{n}:({lo},,{hi})" for n, (lo, hi) in zip(space.op_names,
                                                         space.op_ranges)]
-  np.savez(path, policy_probs=policy.probs.astype(np.float32),
+  buffer = io.BytesIO()
+  np.savez(buffer, policy_probs=policy.probs.astype(np.float32),
            l_ops=np.int64(len(space.op_names)),
            l_mags=np.int64(space_lib.NUM_LEVELS),
            ops=space.op_array[:, None], mags=space.level_array[:, None],
            op_names=np.asarray(ranges))
-  return path
+  return utils.write_bytes(path, buffer.getvalue(), make_parents=True)
 
 
 # --------------------------------------------------------------------------
@@ -446,17 +451,15 @@ def to_json(policy: Policy, *, top_k: int = 10) -> str:
   return json.dumps(doc, indent=1)
 
 
-def save_policy(path, policy: Policy) -> pathlib.Path:
+def save_policy(path, policy: Policy):
   """Writes the policy as JSON; `load_policy` reads it back exactly.
 
   Python's `json` writes floats with `repr`, which round-trips float64.
+  `path` may be local (parent folders are created; written to a temporary
+  file and renamed, so a reader never sees half a file) or a URI
+  (`gs://...`, one object upload); returns it as an `epath.Path`.
   """
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_suffix(path.suffix + ".tmp")
-  tmp.write_text(to_json(policy))
-  tmp.replace(path)  # atomic: a reader never sees half a file
-  return path
+  return utils.write_bytes(path, to_json(policy), make_parents=True)
 
 
 def _short(value, limit: int = 60) -> str:
@@ -465,8 +468,8 @@ def _short(value, limit: int = 60) -> str:
   return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def _read_json(path: pathlib.Path):
-  """The JSON document at `path`.
+def _read_json(path):
+  """The JSON document at `path` (an `epath.Path`, local or a URI).
 
   Raises:
     FileNotFoundError: no such file.
@@ -503,7 +506,7 @@ def load_policy(path, *, space_name: Optional[str] = None) -> Policy:
       probability distributions; or it is over another space than
       `space_name` (when given). The message names the file and the entry.
   """
-  path = pathlib.Path(path)
+  path = utils.as_path(path)
   doc = _read_json(path)
   if not isinstance(doc, dict) or doc.get("format") != FORMAT:
     raise PolicyFileError(f"{path}: not a {FORMAT} policy file (format="
@@ -599,7 +602,7 @@ def make_policy(config, space: space_lib.SearchSpace) -> Policy:
     if not config.get("path"):
       raise errors.ConfigError(f"config.policy.path is required for "
                                f"kind={kind!r}")
-    path = pathlib.Path(config.path).expanduser()
+    path = utils.as_path(config.path)
     if not path.is_file():
       raise FileNotFoundError(f"config.policy.path: no policy file at {path}")
     policy = (load_official_npz(path) if kind == "official" else

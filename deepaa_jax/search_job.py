@@ -22,7 +22,6 @@ Workdir layout:
 """
 
 import json
-import pathlib
 import time
 from typing import Any, Dict, Mapping, Optional
 
@@ -106,8 +105,8 @@ def pretrain(config, workdir, *, dataset=None):
     (flax module, params, batch_stats, pretraining metrics).
   """
   cfg = config_lib.train_job_config(config.pretrain, config.input)
-  target = pathlib.Path(config.pretrain_checkpoint or
-                        pathlib.Path(workdir) / "pretrain")
+  target = (config.pretrain_checkpoint or
+            utils.prepare_workdir(workdir) / "pretrain")
   if config.pretrain_checkpoint:
     logging.info("Using the pretrained search network in %s", target)
   if dataset is None:  # loaded here once: train() and the logits size need it
@@ -226,6 +225,7 @@ def search_layers(key: Array, model: search_lib.SearchModel,
                        diag["p_identity"])
         if step < steps and ckpt.should_save(global_step):
           ckpt.save(global_step, _search_state(k, probs, state), meta)
+          writer.flush()  # a gs:// log is uploaded with each checkpoint
         # A host copy for Ctrl-C: the device buffers are donated to the next
         # step. Set last, so that the saved step's record is in the log.
         current["state"] = jax.device_get(state)
@@ -299,7 +299,7 @@ def search_layers(key: Array, model: search_lib.SearchModel,
 def write_outputs(workdir, result: Mapping[str, Any], config) -> Dict[str, str]:
   """Writes the found policy (JSON + the official npz), plots and the cost
   report; returns the paths written (process 0 only)."""
-  workdir = pathlib.Path(workdir)
+  workdir = utils.as_path(workdir)
   probs = np.asarray(result["probs"], np.float64)
   probs = probs / probs.sum(axis=1, keepdims=True)
   meta = policy_lib.provenance(

@@ -3,8 +3,18 @@
 One home for what both jobs need around the pure core: where relative paths
 point, the orbax checkpointer, the metric writer (CLU + a JSONL file), the
 resume banner, peak memory, and quiet library logging.
+
+Workdir files go through `etils.epath`, so a workdir may be a local folder or
+a URI such as `gs://bucket/run` (epath's TensorFlow or fsspec backend; orbax
+writes arrays with tensorstore, TensorBoard events go through TensorFlow's
+filesystem). Local folders behave as plain files do: JSON is written to a
+temporary file and renamed, `metrics.jsonl` is appended to. Object stores
+have neither rename nor append: JSON objects are written in one piece (an
+object appears whole when its upload completes) and the JSONL log is kept in
+memory and rewritten whole (see `JsonlWriter`).
 """
 
+import atexit
 import errno
 import hashlib
 import json
@@ -14,10 +24,12 @@ import pathlib
 import resource
 import shutil
 import time
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+import weakref
 
 from absl import logging
 from absl import logging as absl_logging
+from etils import epath
 from flax import traverse_util
 import jax
 import numpy as np
@@ -29,18 +41,37 @@ PyTree = Any
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def resolve_path(path) -> pathlib.Path:
+def is_remote(path) -> bool:
+  """True for a URI (`gs://bucket/x`, `s3://...`): a path that only
+  `etils.epath` (not `open`, `os` or `pathlib`) can use."""
+  return "://" in os.fspath(path)
+
+
+def as_path(path) -> epath.Path:
+  """`path` as an `epath.Path`: a URI kept as it is (`pathlib` would turn
+  `gs://b/x` into `gs:/b/x`), a local path with `~` expanded.
+
+  Args:
+    path: str or os.PathLike (`pathlib.Path`, `epath.Path`).
+  """
+  text = os.fspath(path)
+  return epath.Path(text if is_remote(text) else os.path.expanduser(text))
+
+
+def resolve_path(path) -> Union[pathlib.Path, epath.Path]:
   """An absolute path for a user-given path: `~` expanded; a relative path is
   looked up in the current directory, then in the repository root (commands
   run from the root by convention, notebooks and tests may not). If it exists
   in neither, the current-directory path is returned, so errors name it.
 
   Args:
-    path: str or os.PathLike.
+    path: str or os.PathLike; a URI (`gs://...`) is returned as it is.
 
   Returns:
-    pathlib.Path, absolute (it may not exist).
+    pathlib.Path, absolute (it may not exist); an `epath.Path` for a URI.
   """
+  if is_remote(path):
+    return as_path(path)
   p = pathlib.Path(os.path.expanduser(str(path)))
   if p.is_absolute():
     return p
@@ -55,10 +86,33 @@ def resolve_path(path) -> pathlib.Path:
 # ---------------------------------------------------------------------------
 
 
-def prepare_workdir(workdir) -> pathlib.Path:
-  """`workdir` as a created directory; `errors.WorkdirError` (one line) when
-  it is a file or cannot be created."""
-  path = pathlib.Path(os.path.expanduser(str(workdir)))
+def prepare_workdir(workdir) -> epath.Path:
+  """`workdir` as an `epath.Path` of a created directory.
+
+  A URI (`gs://bucket/run`) is not created: an object store has no folders
+  (a file written under the prefix makes it), and creating one could create
+  a bucket. It must not be an existing file (object).
+
+  Args:
+    workdir: str or os.PathLike; a local folder or a URI.
+
+  Raises:
+    errors.WorkdirError: (one line) it is a file, cannot be created, is not
+      writable, or (a URI) cannot be looked up (no access, no such bucket).
+  """
+  path = as_path(workdir)
+  if is_remote(path):
+    try:
+      is_file = path.exists() and not path.is_dir()
+    except Exception as e:  # pylint: disable=broad-except
+      raise errors.WorkdirError(
+          f"--workdir {path} cannot be looked up ({type(e).__name__}: "
+          f"{' '.join(str(e).split())[:200]}).") from e
+    if is_file:
+      raise errors.WorkdirError(
+          f"--workdir {path} is a file (an object), not a directory; pass a "
+          "directory prefix.")
+    return path
   if path.exists() and not path.is_dir():
     raise errors.WorkdirError(
         f"--workdir {path} is a file, not a directory; pass a directory "
@@ -75,22 +129,58 @@ def prepare_workdir(workdir) -> pathlib.Path:
   return path
 
 
-def read_json(path: pathlib.Path) -> Optional[Any]:
-  """The JSON value in `path`, or None when it is missing or unreadable (a
-  file cut short by a kill is treated as absent)."""
+def read_json(path) -> Optional[Any]:
+  """The JSON value in `path` (local or URI), or None when it is missing or
+  unreadable (a file cut short by a kill is treated as absent). For a URI,
+  only a missing object or invalid JSON gives None: a failed request raises,
+  so that a network error is not taken for "no such file"."""
+  path = as_path(path)
+  if is_remote(path):
+    if not path.exists():
+      return None
+    try:
+      return json.loads(path.read_text())
+    except ValueError:
+      return None
   try:
-    return json.loads(pathlib.Path(path).read_text())
+    return json.loads(path.read_text())
   except (OSError, ValueError):
     return None
 
 
-def write_json(path: pathlib.Path, value: Any) -> None:
-  """Writes JSON atomically (temp file + rename): a kill never leaves half a
-  file behind."""
-  path = pathlib.Path(path)
+def write_bytes(path, data: Union[bytes, str], *,
+                make_parents: bool = False) -> epath.Path:
+  """Writes a whole file so that a reader never sees half of it: locally a
+  temporary file renamed over `path`; for a URI one object upload, which
+  appears whole when it completes (object stores have no rename).
+
+  Args:
+    path: str or os.PathLike, local or a URI.
+    data: bytes, or str (written as UTF-8).
+    make_parents: create the missing parent folders of a local path (a URI
+      needs none).
+
+  Returns:
+    `path` as an `epath.Path`.
+  """
+  path = as_path(path)
+  if isinstance(data, str):
+    data = data.encode("utf-8")
+  if is_remote(path):
+    path.write_bytes(data)
+    return path
+  if make_parents:
+    path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(json.dumps(value, indent=1, default=str))
+  tmp.write_bytes(data)
   os.replace(tmp, path)
+  return path
+
+
+def write_json(path, value: Any) -> None:
+  """Writes JSON (indent 1) with `write_bytes`: a kill never leaves half a
+  file behind."""
+  write_bytes(path, json.dumps(value, indent=1, default=str))
 
 
 # ---------------------------------------------------------------------------
@@ -171,6 +261,26 @@ def check_identity(saved: Optional[Mapping[str, Any]],
 # ---------------------------------------------------------------------------
 
 
+def move_tree(source, target) -> None:
+  """Moves the folder `source` to `target` (its parent is created). Locally
+  one rename (`shutil.move`); for a URI every file is copied, then `source`
+  is deleted (object stores rename nothing, epath's rename of a "folder"
+  needs the target's parent to exist, which an empty prefix never does)."""
+  source, target = as_path(source), as_path(target)
+  if not is_remote(source):
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(os.fspath(source), os.fspath(target))
+    return
+  # fsspec's walk names folders without the scheme: compare without it.
+  root = os.fspath(source).split("://", 1)[-1].rstrip("/")
+  for folder, _, files in source.walk():
+    relative = os.fspath(folder).split("://", 1)[-1].rstrip("/")[len(root):]
+    for name in files:
+      (source / relative.strip("/") / name).copy(
+          target / relative.strip("/") / name)
+  source.rmtree()
+
+
 class Checkpointer:
   """Orbax checkpoints of one job: the state and a JSON `meta` record (run
   identity, last metrics), saved together (`ocp.args.Composite`) and
@@ -184,7 +294,10 @@ class Checkpointer:
 
   def __init__(self, directory, *, keep: int = 2,
                save_interval_steps: int = 0):
-    self.directory = pathlib.Path(directory).resolve()
+    directory = as_path(directory)
+    # orbax takes an epath.Path: a gs:// directory is written through
+    # tensorstore's gcs driver and committed with a marker file, not a rename.
+    self.directory = directory if is_remote(directory) else directory.resolve()
     self.manager = ocp.CheckpointManager(
         self.directory, options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True,
@@ -236,9 +349,8 @@ class Checkpointer:
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:
           raise
         aside = self.directory.parent / (self.directory.name + "_corrupt")
-        aside.mkdir(exist_ok=True)
         target = aside / f"{step}.{int(time.time())}"
-        shutil.move(str(self.directory / str(step)), str(target))
+        move_tree(self.directory / str(step), target)
         self.manager.reload()
         logging.warning(
             "Checkpoint %d in %s does not restore (%s: %s); moved it to %s "
@@ -259,22 +371,60 @@ class Checkpointer:
 # ---------------------------------------------------------------------------
 
 
+# Remote JSONL writers with records not yet uploaded: uploaded at exit too
+# (main's error boundary exits through sys.exit, which runs atexit hooks).
+_UNFLUSHED = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_remote_jsonl() -> None:
+  for writer in list(_UNFLUSHED):
+    try:
+      writer.flush()
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning("Could not upload %s at exit: %s", writer.path, e)
+
+
 class JsonlWriter:
   """A CLU MetricWriter (its interface, duck-typed: CLU imports TensorFlow,
-  which must not happen before `main` hides the GPUs from it) that appends one JSON line per `write_scalars` call:
-  {step_key: step, **scalars}. Non-scalar summaries are ignored (they go to
-  TensorBoard). `truncate_after(step)` drops the records a resumed run will
-  write again."""
+  which must not happen before `main` hides the GPUs from it) that writes
+  one JSON line per `write_scalars` call: {step_key: step, **scalars}.
+  Non-scalar summaries are ignored (they go to TensorBoard).
+  `truncate_after(step)` drops the records a resumed run will write again.
 
-  def __init__(self, path, *, step_key: str = "step"):
-    self.path = pathlib.Path(path)
+  A local file is appended to, line by line. An object store (a `gs://`
+  path) has no append: the writer keeps the file's lines in memory and
+  uploads the whole file again on `flush()`/`close()`, at exit, and at a
+  `write_scalars` when `upload_every_s` seconds have passed since the last
+  upload. A kill (not an error or Ctrl-C, which exit normally) can thus
+  lose the last `upload_every_s` seconds of records; checkpoints and results
+  are not affected.
+  """
+
+  def __init__(self, path, *, step_key: str = "step",
+               upload_every_s: float = 30.0):
+    self.path = as_path(path)
     self.step_key = step_key
+    self.upload_every_s = float(upload_every_s)
+    self._lines = None  # remote: the file's lines (read at first use)
+    self._dirty = False
+    self._uploaded_at = time.monotonic()
+
+  def _remote_lines(self) -> List[str]:
+    if self._lines is None:
+      self._lines = (self.path.read_text().splitlines()
+                     if self.path.exists() else [])
+    return self._lines
 
   def truncate_after(self, step: Optional[int]) -> None:
     """Keeps the records with step <= `step` (None: none, a fresh run)."""
-    if not self.path.exists():
+    remote = is_remote(self.path)
+    if remote:
+      lines = list(self._remote_lines())
+    elif self.path.exists():
+      lines = self.path.read_text().splitlines()
+    else:
       return
-    lines = self.path.read_text().splitlines()
     kept = []
     if step is not None:
       for line in lines:
@@ -285,14 +435,32 @@ class JsonlWriter:
         if record.get(self.step_key, 0) <= step:
           kept.append(line)
     if kept != lines:  # a finished run's rerun leaves the file untouched
-      self.path.write_text("".join(l + "\n" for l in kept))
+      if remote:
+        self._lines = kept
+        self._upload()
+      else:
+        self.path.write_text("".join(l + "\n" for l in kept))
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
     record = {self.step_key: int(step)}
     record.update({k: v if isinstance(v, (int, str)) else float(v)
                    for k, v in scalars.items()})
-    with self.path.open("a") as f:
-      f.write(json.dumps(record) + "\n")
+    if not is_remote(self.path):
+      with self.path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+      return
+    self._remote_lines().append(json.dumps(record))
+    self._dirty = True
+    _UNFLUSHED.add(self)
+    if time.monotonic() - self._uploaded_at >= self.upload_every_s:
+      self._upload()
+
+  def _upload(self) -> None:
+    """The whole file in one object write (remote paths)."""
+    write_bytes(self.path, "".join(l + "\n" for l in self._remote_lines()))
+    self._dirty = False
+    self._uploaded_at = time.monotonic()
+    _UNFLUSHED.discard(self)
 
   def write_summaries(self, step, values, metadata=None):
     pass
@@ -316,10 +484,13 @@ class JsonlWriter:
     pass
 
   def flush(self):
-    pass
+    """Uploads the records not yet uploaded (remote paths; local lines are
+    written at once)."""
+    if self._dirty:
+      self._upload()
 
   def close(self):
-    pass
+    self.flush()
 
 
 def metric_writer(logdir, jsonl_path, *, step_key: str = "step"):
@@ -329,8 +500,9 @@ def metric_writer(logdir, jsonl_path, *, step_key: str = "step"):
   for `ReportProgress` (steps/s), which should not add lines to the JSONL."""
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
   main_process = jax.process_index() == 0
+  # os.fspath keeps a URI whole (TensorFlow's filesystem writes gs:// events).
   tensorboard = metric_writers.create_default_writer(
-      str(logdir), just_logging=not main_process)
+      os.fspath(as_path(logdir)), just_logging=not main_process)
   jsonl = JsonlWriter(jsonl_path, step_key=step_key)
   writers = [tensorboard] + ([jsonl] if main_process else [])
   return metric_writers.MultiWriter(writers), jsonl, tensorboard
