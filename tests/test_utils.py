@@ -415,32 +415,6 @@ def test_train_resumes_from_gs(gcs, tiny_npz, logging_tensorboard):
   assert any(n.startswith("checkpoints/4/") for n in names)
 
 
-_LAUNCHER = r"""
-import os, sys
-bucket = os.environ["DEEPAA_TEST_BUCKET"]
-
-def audit(event, args):
-  # Any local file operation on a path naming the bucket is a bug (a gs://
-  # path that went through open() or pathlib).
-  if (event in ("open", "os.mkdir", "os.rename", "os.replace", "os.remove",
-                "shutil.move", "shutil.rmtree", "os.listdir", "os.scandir")
-      and args and bucket in str(args[0])):
-    sys.stderr.write(f"LOCAL FILE ACCESS {event} {args[0]}\n")
-
-sys.addaudithook(audit)
-from clu import metric_writers
-
-def create_default_writer(logdir, *, just_logging=False, **kwargs):
-  sys.stderr.write(f"TENSORBOARD LOGDIR {logdir}\n")
-  return metric_writers.LoggingWriter()
-
-metric_writers.create_default_writer = create_default_writer
-from absl import app
-from deepaa_jax import main
-app.run(main.main, flags_parser=main.parse_flags)
-"""
-
-
 def test_write_outputs_on_gs(gcs):
   """The search job's outputs (policy JSON + npz, plots, cost report,
   summary) written into a gs:// workdir."""
