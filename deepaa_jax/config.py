@@ -26,6 +26,7 @@ import importlib.util
 import math
 import os
 import pathlib
+import re
 from typing import Any, List, Optional, Sequence, Tuple
 
 import jax
@@ -47,6 +48,7 @@ AUGMENT_METHODS = ("auto", "sequential", "vectorized")
 NORMALIZATIONS = ("eval", "search")
 POLICY_SPACES = ("cifar", "imagenet")
 INPUT_SOURCES = ("npz", "tfds")
+SEARCH_DATA_SPLITS = ("official", "small", "stream")
 _OFFICIAL_POLICY_DIR = os.path.join("..", "shared", "official_policies")
 
 
@@ -511,6 +513,83 @@ def train_job_config(section, input_config) -> ml_collections.ConfigDict:
   return cfg
 
 
+def _input_streams(i) -> bool:
+  """Whether `config.input` streams (as `streaming.wants_streaming` decides
+  without opening anything)."""
+  return i.pipeline == "stream" or (
+      i.pipeline == "auto" and i.source == "tfds"
+      and str(i.name).startswith("imagenet"))
+
+
+_SLICE = re.compile(r"^\s*(\w+)\[\s*(-?\d*)\s*:\s*(-?\d*)\s*\]\s*$")
+
+
+def _slice_range(spec: str) -> Optional[Tuple[str, int, float]]:
+  """(split, start, stop) of a TFDS spec "name[a:b]" with non-negative
+  integer bounds or a whole split "name"; None for anything else (percent
+  slices, unions), which is then not checked."""
+  spec = str(spec).strip()
+  if re.fullmatch(r"\w+", spec):
+    return spec, 0, math.inf
+  match = _SLICE.match(spec)
+  if not match or match.group(2).startswith("-") or match.group(
+      3).startswith("-"):
+    return None
+  start = int(match.group(2) or 0)
+  stop = int(match.group(3)) if match.group(3) else math.inf
+  return match.group(1), start, stop
+
+
+def _validate_search_pools(config) -> None:
+  """data_split="stream" iff the input streams; its pools are set, and the
+  pretraining split and the two pools do not overlap (integer slices)."""
+  s, i = config.search, config.input
+  streams = _input_streams(i)
+  _check(s.val_per_class >= 0, "config.search.val_per_class", ">= 0 (0 = all)",
+         s.val_per_class)
+  if s.space == "imagenet" and not streams:
+    raise errors.ConfigError(
+        "config.search.space='imagenet' works on streamed S x S images; set "
+        "--config.input.source=tfds --config.input.pipeline=stream and "
+        "--config.search.data_split=stream (see configs/imagenet.py).")
+  if streams != (s.data_split == "stream"):
+    raise errors.ConfigError(
+        f"config.search.data_split={s.data_split!r} does not fit "
+        f"config.input.pipeline={i.pipeline!r} (source {i.source!r}, name "
+        f"{i.name!r}): a streamed input takes data_split='stream' with "
+        "config.search.search_pool / val_pool (TFDS slices read into memory), "
+        "an input held in memory takes 'official' or 'small'.")
+  if not streams:
+    return
+  for field in ("search_pool", "val_pool"):
+    if not str(s[field]).strip():
+      raise errors.ConfigError(
+          f"config.search.{field} must name a TFDS split slice with "
+          f"data_split='stream', e.g. 'train[200000:210000]', got {s[field]!r}")
+  if s.val_per_class and s.class_conditional and s.val_per_class < s.val_batch:
+    raise errors.ConfigError(
+        f"config.search.val_per_class={s.val_per_class} must be 0 or >= "
+        f"config.search.val_batch={s.val_batch} (class-conditional validation "
+        "batches are drawn without replacement from one class)")
+  named = {"config.input.tfds_train_split (pretraining)": i.tfds_train_split,
+           "config.search.search_pool": s.search_pool,
+           "config.search.val_pool": s.val_pool}
+  if config.pretrain_checkpoint:  # a given network: its data is not ours
+    del named["config.input.tfds_train_split (pretraining)"]
+  ranges = {k: _slice_range(v) for k, v in named.items()}
+  keys = [k for k, r in ranges.items() if r is not None]
+  for a_index, a in enumerate(keys):
+    for b in keys[a_index + 1:]:
+      (split_a, lo_a, hi_a), (split_b, lo_b, hi_b) = ranges[a], ranges[b]
+      if split_a == split_b and max(lo_a, lo_b) < min(hi_a, hi_b):
+        raise errors.ConfigError(
+            f"{a}={named[a]!r} overlaps {b}={named[b]!r}: the pretraining "
+            "set and the search and validation pools must be disjoint slices "
+            "(e.g. 'train[:200000]', 'train[200000:210000]', "
+            "'train[210000:330000]'), unless a given network is searched "
+            "with (config.pretrain_checkpoint).")
+
+
 def _validate_search(config) -> None:
   """The checks of a `job="search"` config (and of its pretrain/evaluate
   sections, named where the user sets them)."""
@@ -542,7 +621,8 @@ def _validate_search(config) -> None:
          s.loss_scale_stage1)
   _check(s.loss_scale_stage_k >= 0, "config.search.loss_scale_stage_k",
          ">= 0 (0 = num_images)", s.loss_scale_stage_k)
-  _one_of("config.search.data_split", s.data_split, ("official", "small"))
+  _one_of("config.search.data_split", s.data_split, SEARCH_DATA_SPLITS)
+  _validate_search_pools(config)
   if s.data_parallel and jax.device_count() > 1:
     try:
       parallel.check_divisible(

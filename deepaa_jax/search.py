@@ -836,7 +836,13 @@ def default_search_config():
   c.stop_identity_threshold = 0.0  # stop adding layers once p(Identity) >= this (0 = off).
   c.seed = 0  # PRNG seed of the search (data sampling, augmentation).
   c.data_parallel = True  # split num_images over all devices (if > 1); same policy as 1 device.
-  c.data_split = "official"  # pools: spec §2.2 ranges of the 50k train set, or "small" (same shares).
+  c.data_split = "official"  # pools: spec §2.2 ranges of the 50k train set, "small" (same shares), or "stream".
+  # data_split="stream" (streamed input, e.g. ImageNet): the pools are TFDS
+  # slices of config.input's dataset read into memory at S x S, disjoint from
+  # the pretraining split config.input.tfds_train_split.
+  c.search_pool = ""  # "stream": TFDS slice of the search pool (official ImageNet: 100,000 random images).
+  c.val_pool = ""  # "stream": TFDS slice the validation pool is read from (official ImageNet: 400,000).
+  c.val_per_class = 0  # "stream": keep the first N validation images of each class (0 = all): bounds memory.
   c.checkpoint_every_steps = 50  # search checkpoint period (and after each layer).
   c.lock()  # a typo inside a config file fails like one on the command line
   return c

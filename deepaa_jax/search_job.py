@@ -37,6 +37,7 @@ from deepaa_jax import plots
 from deepaa_jax import policy as policy_lib
 from deepaa_jax import search as search_lib
 from deepaa_jax import space as space_lib
+from deepaa_jax import streaming
 from deepaa_jax import train as train_lib
 from deepaa_jax import utils
 
@@ -54,17 +55,32 @@ _RESUMABLE_FIELDS = ("checkpoint_every_steps", "augment_method", "loop",
 # ---------------------------------------------------------------------------
 
 
-def load_search_pools(config):
+def load_search_pools(config, *, workdir=None):
   """The search and validation pools from `config.input` and the split rule.
 
   `config.search.data_split`: "official" (spec §2.2: pretrain =
   train[0:5000], search pool = train[5000:40000], validation pool =
-  train[40000:50000], all in the original CIFAR order) or "small" (the same
-  proportions of whatever train split is loaded, for tests and tiny data).
+  train[40000:50000], all in the original CIFAR order), "small" (the same
+  proportions of whatever train split is loaded, for tests and tiny data),
+  or "stream" for a streamed input (ImageNet): the pools are the TFDS slices
+  `config.search.search_pool` and `val_pool` read into memory at S x S
+  (`StreamingDataset.take`), the validation pool keeping the first
+  `val_per_class` images of each class, the search pool only the classes
+  with `val_batch` validation images (class-conditional sampling needs
+  them); pretraining streams `config.input.tfds_train_split` itself.
+
+  Args:
+    config: a search config.
+    workdir: where a streamed dataset without published normalisation
+      constants caches its channel statistics (None: not cached).
 
   Returns:
-    (dataset, {"pretrain", "search", "val"} splits).
+    (dataset, splits): an in-memory `input_pipeline.Dataset` with
+    {"pretrain", "search", "val"} splits, or a `streaming.StreamingDataset`
+    with {"search", "val"}.
   """
+  if config.search.data_split == "stream":
+    return _stream_pools(config, workdir)
   dataset = input_pipeline.load_dataset(config.input)
   train = dataset.splits.get("train_full", dataset.splits["train"])
   try:
@@ -82,12 +98,81 @@ def load_search_pools(config):
   return dataset, splits
 
 
+def _stream_pools(config, workdir):
+  """`load_search_pools` for data_split="stream" (see there)."""
+  s = config.search
+  dataset = streaming.open_streaming(config.input, stats_dir=workdir)
+  tfds = input_pipeline.import_tfds()
+  builder = input_pipeline.tfds_builder(tfds, dataset.name, dataset.data_dir)
+
+  def read(spec):
+    size = streaming._split_size(builder, tfds, dataset.name,  # pylint: disable=protected-access
+                                 dataset.data_dir, spec)
+    logging.info("Reading %d images of %s %r into memory at %d x %d",
+                 size, dataset.name, spec, dataset.image_size,
+                 dataset.image_size)
+    return dataset.take(size, spec=spec)
+
+  val = read(s.val_pool)
+  if s.val_per_class:
+    val = first_per_class(val, int(s.val_per_class))
+  search = read(s.search_pool)
+  if s.class_conditional:
+    search = classes_with(search, val, int(s.val_batch),
+                          where=f"{dataset.where}, {s.search_pool!r}")
+  logging.info("Search pool: %d images of %d classes (%r); validation pool: "
+               "%d images (%r, at most %s per class)", search.size,
+               len(np.unique(search.labels)), s.search_pool, val.size,
+               s.val_pool, s.val_per_class or "all")
+  return dataset, {"search": search, "val": val}
+
+
+def first_per_class(split, count: int):
+  """The first `count` images of each class of `split`, in split order."""
+  labels = np.asarray(split.labels)
+  keep = np.zeros(len(labels), bool)
+  for c in np.unique(labels):
+    keep[np.flatnonzero(labels == c)[:count]] = True
+  return split.take(np.flatnonzero(keep))
+
+
+def classes_with(search, val, val_batch: int, *, where: str = "the search "
+                 "pool"):
+  """The images of `search` whose class has >= `val_batch` images in `val`
+  (a class-conditional validation batch is drawn without replacement).
+
+  Raises:
+    errors.DataError: no class is left.
+  """
+  counts = np.bincount(np.asarray(val.labels),
+                       minlength=int(np.max(search.labels)) + 1)
+  keep = counts[np.asarray(search.labels)] >= val_batch
+  dropped = len(np.unique(np.asarray(search.labels)[~keep]))
+  if not keep.any():
+    raise errors.DataError(
+        f"{where}: no class of the search pool has config.search.val_batch="
+        f"{val_batch} images in the validation pool; read a larger "
+        "config.search.val_pool or lower val_batch (or set "
+        "config.search.class_conditional=False).")
+  if dropped:
+    logging.warning("%s: %d class(es) have fewer than val_batch=%d "
+                    "validation images; their %d search image(s) are left "
+                    "out.", where, dropped, val_batch, int((~keep).sum()))
+  return search.take(np.flatnonzero(keep))
+
+
 def search_data(splits, num_classes: int, config) -> search_lib.SearchData:
   """The device-resident pools of `load_search_pools`' splits."""
+  s = config.search
+  if not s.class_conditional and splits["val"].size < s.val_batch:
+    raise errors.DataError(
+        f"config.search.val_batch={s.val_batch} exceeds the "
+        f"{splits['val'].size} images of the validation pool.")
   try:
-    return search_lib.make_search_data(splits["search"], splits["val"],
-                                       num_classes,
-                                       val_batch=config.search.val_batch)
+    # Class-conditional batches need val_batch images of every class.
+    return search_lib.make_search_data(
+        splits["search"], splits["val"], num_classes,
+        val_batch=s.val_batch if s.class_conditional else None)
   except ValueError as e:
     raise errors.DataError(str(e)) from None
 
@@ -110,11 +195,17 @@ def pretrain(config, workdir, *, dataset=None):
   if config.pretrain_checkpoint:
     logging.info("Using the pretrained search network in %s", target)
   if dataset is None:  # loaded here once: train() and the logits size need it
-    dataset = input_pipeline.load_dataset(cfg.input)
+    dataset = streaming.open_dataset(cfg.input, stats_dir=workdir)
   state, metrics = train_lib.train(cfg, target, dataset=dataset)
   num_classes = int(cfg.model.num_classes) or dataset.num_classes
   model = train_lib.build_model(cfg.model, num_classes=num_classes)
-  return model, state.params, state.batch_stats, metrics
+  params, batch_stats = state.params, state.batch_stats
+  if jax.device_count() == 1:
+    # A restored state is committed to its device, a freshly trained one is
+    # not, and jit compiles the search step once for each: commit both.
+    params, batch_stats = jax.device_put((params, batch_stats),
+                                         jax.devices()[0])
+  return model, params, batch_stats, metrics
 
 
 # ---------------------------------------------------------------------------
@@ -354,7 +445,7 @@ def run(config, workdir) -> Dict[str, Any]:
   """
   config_lib.validate(config)
   workdir = utils.prepare_workdir(workdir)
-  dataset, splits = load_search_pools(config)
+  dataset, splits = load_search_pools(config, workdir=workdir)
   data = search_data(splits, dataset.num_classes, config)
   model, params, batch_stats, pre_metrics = pretrain(config, workdir,
                                                      dataset=dataset)
