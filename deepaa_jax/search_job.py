@@ -102,12 +102,9 @@ def _stream_pools(config, workdir):
   """`load_search_pools` for data_split="stream" (see there)."""
   s = config.search
   dataset = streaming.open_streaming(config.input, stats_dir=workdir)
-  tfds = input_pipeline.import_tfds()
-  builder = input_pipeline.tfds_builder(tfds, dataset.name, dataset.data_dir)
 
   def read(spec):
-    size = streaming._split_size(builder, tfds, dataset.name,  # pylint: disable=protected-access
-                                 dataset.data_dir, spec)
+    size = dataset.split_size(spec)
     logging.info("Reading %d images of %s %r into memory at %d x %d",
                  size, dataset.name, spec, dataset.image_size,
                  dataset.image_size)

@@ -210,6 +210,12 @@ class StreamingDataset:
              "mask": np.concatenate([np.ones(n, np.float32),
                                      np.zeros(pad, np.float32)])}
 
+  def split_size(self, spec: str) -> int:
+    """Examples in the TFDS split spec `spec` ("train[200000:210000]")."""
+    tfds = input_pipeline.import_tfds()
+    builder = input_pipeline.tfds_builder(tfds, self.name, self.data_dir)
+    return _split_size(builder, tfds, self.name, self.data_dir, spec)
+
   def take(self, count: int, *, spec: Optional[str] = None) -> input_pipeline.Split:
     """The first `count` examples of a split (default: the training split),
     at S x S, in memory: e.g. the search pools (a few thousand images)."""
