@@ -5,7 +5,6 @@ prints the transform table and writes `workdir/transforms_grid.png`.
 """
 
 from absl import logging
-from etils import epath
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,7 +15,7 @@ from deepaa_jax import space as space_lib
 from deepaa_jax import utils
 
 
-def run_demo(config, workdir: str) -> epath.Path:
+def run_demo(config, workdir: str) -> utils.AnyPath:
   """Prints the space's table and writes the transform grid; returns its path.
 
   Args:

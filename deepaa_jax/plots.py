@@ -1,14 +1,14 @@
 """Figures: transform grids and policy plots (paper Fig. 3, Fig. 5/6).
 
 Matplotlib runs with the non-interactive Agg backend, so plots work on
-headless machines (TPU VMs, CI) and return the path of the written PNG (an
-`epath.Path`; a `gs://` path is written as one object).
+headless machines (TPU VMs, CI) and return the path of the written PNG
+(`utils.as_path`: an `epath.Path` for a `gs://` path, which is written as
+one object).
 """
 
 import io
 from typing import Sequence
 
-from etils import epath
 import numpy as np
 
 from deepaa_jax import utils
@@ -21,7 +21,7 @@ def _pyplot():
   return plt
 
 
-def _save(fig, path, dpi: int) -> epath.Path:
+def _save(fig, path, dpi: int) -> utils.AnyPath:
   """Renders `fig` as PNG into memory and writes it with `utils.write_bytes`
   (local, parents created, or a URI), then closes it."""
   buffer = io.BytesIO()
@@ -31,7 +31,7 @@ def _save(fig, path, dpi: int) -> epath.Path:
 
 
 def transform_grid(path, images: np.ndarray, titles: Sequence[str], *,
-                   columns: int = 12, scale: float = 1.1) -> epath.Path:
+                   columns: int = 12, scale: float = 1.1) -> utils.AnyPath:
   """Writes a grid of images with a small title each.
 
   Args:
@@ -59,7 +59,7 @@ def transform_grid(path, images: np.ndarray, titles: Sequence[str], *,
   return _save(fig, path, dpi=150)
 
 
-def policy_op_mass(path, policy, *, title=None) -> epath.Path:
+def policy_op_mass(path, policy, *, title=None) -> utils.AnyPath:
   """Paper Fig. 3: per layer, the probability of each operation (summed over
   its magnitude levels), as stacked bars.
 
@@ -91,7 +91,7 @@ def policy_op_mass(path, policy, *, title=None) -> epath.Path:
   return _save(fig, path, dpi=130)
 
 
-def policy_magnitudes(path, policy, *, title=None) -> epath.Path:
+def policy_magnitudes(path, policy, *, title=None) -> utils.AnyPath:
   """Paper Fig. 5/6: for every operation with a magnitude, the distribution of
   its levels in each layer, p(level | op, layer) (rows = layers, columns = the
   13-level grid; the dropped identity level is blank). The row label gives
@@ -150,7 +150,7 @@ def _smooth(values: Sequence[float], window: int) -> np.ndarray:
 
 
 def search_history(path, records, *, title="DeepAA search",
-                   smooth: int = 10) -> epath.Path:
+                   smooth: int = 10) -> utils.AnyPath:
   """Per-step search diagnostics.
 
   Top row, one colour per layer: cosine similarity of v and g, p(Identity),

@@ -247,7 +247,7 @@ _NPY_MAGIC = b"\x93NUMPY"
 
 
 def _read_npz(path) -> Dict[str, np.ndarray]:
-  """Every array of the npz archive at `path` (an `epath.Path`, local or a
+  """Every array of the npz archive at `path` (`utils.as_path`: local or a
   URI), read without pickles.
 
   Raises:
@@ -388,7 +388,7 @@ def save_official_npz(path, policy: Policy):
   """Writes the authors' npz layout (spec §3.1), e.g. for their eval code.
 
   `path` may be local (parent folders are created) or a URI (`gs://...`);
-  returns it as an `epath.Path`.
+  returns it as `utils.as_path` does.
   """
   space = policy.space
   ranges = [f"{n}:({lo},,{hi})" for n, (lo, hi) in zip(space.op_names,
@@ -457,7 +457,7 @@ def save_policy(path, policy: Policy):
   Python's `json` writes floats with `repr`, which round-trips float64.
   `path` may be local (parent folders are created; written to a temporary
   file and renamed, so a reader never sees half a file) or a URI
-  (`gs://...`, one object upload); returns it as an `epath.Path`.
+  (`gs://...`, one object upload); returns it as `utils.as_path` does.
   """
   return utils.write_bytes(path, to_json(policy), make_parents=True)
 
@@ -469,7 +469,7 @@ def _short(value, limit: int = 60) -> str:
 
 
 def _read_json(path):
-  """The JSON document at `path` (an `epath.Path`, local or a URI).
+  """The JSON document at `path` (`utils.as_path`: local or a URI).
 
   Raises:
     FileNotFoundError: no such file.

@@ -38,6 +38,8 @@ import orbax.checkpoint as ocp
 from deepaa_jax import errors
 
 PyTree = Any
+# A local path is a pathlib.Path (as it always was), a URI an epath.Path.
+AnyPath = Union[pathlib.Path, epath.Path]
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -47,18 +49,22 @@ def is_remote(path) -> bool:
   return "://" in os.fspath(path)
 
 
-def as_path(path) -> epath.Path:
-  """`path` as an `epath.Path`: a URI kept as it is (`pathlib` would turn
-  `gs://b/x` into `gs:/b/x`), a local path with `~` expanded.
+def as_path(path) -> AnyPath:
+  """`path` as a path object: a URI as an `epath.Path`, kept whole
+  (`pathlib` would turn `gs://b/x` into `gs:/b/x`); a local path as a
+  `pathlib.Path` with `~` expanded. Both have the same pathlib methods
+  (`/`, `read_text`, `write_bytes`, `exists`, ...).
 
   Args:
     path: str or os.PathLike (`pathlib.Path`, `epath.Path`).
   """
   text = os.fspath(path)
-  return epath.Path(text if is_remote(text) else os.path.expanduser(text))
+  if is_remote(text):
+    return epath.Path(text)
+  return pathlib.Path(os.path.expanduser(text))
 
 
-def resolve_path(path) -> Union[pathlib.Path, epath.Path]:
+def resolve_path(path) -> AnyPath:
   """An absolute path for a user-given path: `~` expanded; a relative path is
   looked up in the current directory, then in the repository root (commands
   run from the root by convention, notebooks and tests may not). If it exists
@@ -86,8 +92,8 @@ def resolve_path(path) -> Union[pathlib.Path, epath.Path]:
 # ---------------------------------------------------------------------------
 
 
-def prepare_workdir(workdir) -> epath.Path:
-  """`workdir` as an `epath.Path` of a created directory.
+def prepare_workdir(workdir) -> AnyPath:
+  """`workdir` as a path (`as_path`) of a created directory.
 
   A URI (`gs://bucket/run`) is not created: an object store has no folders
   (a file written under the prefix makes it), and creating one could create
@@ -149,7 +155,7 @@ def read_json(path) -> Optional[Any]:
 
 
 def write_bytes(path, data: Union[bytes, str], *,
-                make_parents: bool = False) -> epath.Path:
+                make_parents: bool = False) -> AnyPath:
   """Writes a whole file so that a reader never sees half of it: locally a
   temporary file renamed over `path`; for a URI one object upload, which
   appears whole when it completes (object stores have no rename).
@@ -161,7 +167,7 @@ def write_bytes(path, data: Union[bytes, str], *,
       needs none).
 
   Returns:
-    `path` as an `epath.Path`.
+    `path` as a path (`as_path`).
   """
   path = as_path(path)
   if isinstance(data, str):
