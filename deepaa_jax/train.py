@@ -796,6 +796,16 @@ def train(config, workdir, *, dataset: Optional[input_pipeline.Dataset] = None,
         f"{ckpt.directory}). "
         "The parameters, BN statistics and optimiser state are those of that "
         "checkpoint, not a fresh initialisation.")
+    saved_processes = meta.get("processes", jax.process_count())
+    if streamed and saved_processes != jax.process_count():
+      # Each process streams its own share: another process count is
+      # another (equally valid) example order for the rest of the epoch.
+      logging.warning(
+          "This streamed run was checkpointed with %d processes and resumes "
+          "with %d: the rest of epoch %d reads the examples in another order "
+          "than an uninterrupted run would (exact resume needs the same "
+          "number of processes).", saved_processes, jax.process_count(),
+          resumed_from // spe)
   end = total if stop_after_step is None else min(total, int(stop_after_step))
 
   writer, jsonl, tensorboard = utils.metric_writer(workdir,
@@ -831,7 +841,8 @@ def train(config, workdir, *, dataset: Optional[input_pipeline.Dataset] = None,
 
   def save(at_step: int) -> None:
     ckpt.save(at_step, state, {"identity": identity,
-                               "last_train": last_train, "test": test_res})
+                               "last_train": last_train, "test": test_res,
+                               "processes": jax.process_count()})
 
   # The loop. The loss of step s is checked while step s+1 runs.
   window = []
