@@ -90,7 +90,12 @@ def _tiny_config(data_dir):
   # One layer: a second (stage k >= 2) would add ~20 s of compilation; the
   # stage-k resume is tested on CIFAR (tests/test_search.py).
   for field, value in {"num_layers": 1, "steps_per_layer": 3,
-                       "num_images": 2, "val_batch": 2, "gt_samples": 4,
+                       "num_images": 2, "gt_samples": 4,
+                       # configs/imagenet.py's class-conditional pools (the
+                       # mock's 40 random labels of 1000 rarely repeat, so
+                       # one validation image per class):
+                       "class_conditional": True, "val_batch": 1,
+                       "val_per_class": 1,
                        "g_prefixes": 1, "chunk_size": 139,
                        "checkpoint_every_steps": 1}.items():
     config.search[field] = value
