@@ -34,7 +34,7 @@ import importlib.metadata
 import io
 import json
 import math
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import zipfile
 import zlib
 
@@ -634,6 +634,67 @@ def sample_indices(key: Array, probs: Array, num: int, *,
   return jax.vmap(per_example)(keys).astype(jnp.int32)
 
 
+def _policy_keys(key: Array) -> Tuple[Array, Array]:
+  """(key of the transform choices, key of their randomness): the one
+  derivation of `apply_policy` and `applied_transforms`."""
+  k_index, k_apply = jax.random.split(key)
+  return k_index, k_apply
+
+
+def applied_transforms(key: Array, policy: Policy, example: int,
+                       image_shape: Sequence[int], *,
+                       random_sign: bool = False) -> List[Dict[str, Any]]:
+  """What `apply_policy(key, images, policy, ...)` did to example `example`.
+
+  A pure function of (key, example index): the keys of `apply_policy` come
+  from the global example index, so one example's transforms are recomputed
+  without the batch.
+
+  Args:
+    key: the key `apply_policy` was called with.
+    policy: the policy.
+    example: global example index (row + `offset`).
+    image_shape: (H, W, 3) of the images (the random ops' draws depend on it).
+    random_sign: as passed to `apply_policy`.
+
+  Returns:
+    One dict per layer: "layer" (1-based), "index" (transform index), "name"
+    (`SearchSpace.transform_name`), "sign" (-1 when the random sign mirrored
+    the op's value, else 1), "draws" (the random ops' realisation: "flip"
+    bool, "cutout_center" [cx, cy], "crop_offsets" [top, left],
+    "resized_crop_box" [left, top, w, h]; for every transform, though only
+    a random op uses them), and "randomness": the `space.LayerRandomness`
+    that replays the layer exactly with `space.replay_transform`.
+  """
+  if policy.num_layers == 0:
+    return []
+  h, w = int(image_shape[0]), int(image_shape[1])
+  k_index, k_apply = _policy_keys(key)
+  indices = np.asarray(sample_indices(k_index, policy.probs, 1,
+                                      offset=example))[0]
+  example_key = space_lib.example_keys(k_apply, 1, offset=example)[0]
+  out = []
+  for layer, index in enumerate(indices):
+    rnd = space_lib.layer_randomness(jax.random.fold_in(example_key, layer),
+                                     h, w, policy.space,
+                                     random_sign=random_sign)
+    draws = jax.device_get(rnd.draws)
+    affine = policy.space.ops[int(index)] in space_lib.AFFINE_OPS
+    out.append({
+        "layer": layer + 1,
+        "index": int(index),
+        "name": policy.space.transform_name(int(index)),
+        "sign": -1 if (affine and bool(rnd.flip_sign)) else 1,
+        "draws": {"flip": bool(draws.flip),
+                  "cutout_center": [float(v) for v in draws.cutout_center],
+                  "crop_offsets": [int(v) for v in draws.crop_offsets],
+                  "resized_crop_box": [int(v) for v in
+                                       draws.resized_crop_box]},
+        "randomness": rnd,
+    })
+  return out
+
+
 def apply_policy(key: Array, images: Array, policy: Policy, *,
                  random_sign: bool = False, method: str = "auto",
                  offset: Array = 0) -> Array:
@@ -663,7 +724,7 @@ def apply_policy(key: Array, images: Array, policy: Policy, *,
   images = jnp.asarray(images).astype(jnp.float32)
   if policy.num_layers == 0:
     return images
-  k_index, k_apply = jax.random.split(key)
+  k_index, k_apply = _policy_keys(key)
   indices = sample_indices(k_index, policy.probs, images.shape[0],
                            offset=offset)
   # The images are checked: skip `apply_chain_batch`'s check (a uint8 image

@@ -680,6 +680,25 @@ def _apply_with(x: Array, index: Array, rnd: LayerRandomness,
               space)
 
 
+def replay_transform(image: Array, index: Array, randomness: LayerRandomness,
+                     space: SearchSpace) -> Array:
+  """Transform `index` with its randomness given (e.g. from
+  `policy.applied_transforms`): `apply_transform(key, ...)` equals
+  `replay_transform(..., layer_randomness(key, H, W, space, ...))`.
+
+  Args:
+    image: uint8 or float32[H, W, 3] in [0, 255], integer-valued.
+    index: int32 scalar in [0, T).
+    randomness: the layer's draws and sign coin.
+    space: the search space.
+
+  Returns:
+    float32[H, W, 3].
+  """
+  check_images(image, rank=3, where="replay_transform", name="image")
+  return _apply_with(ops.identity(image), index, randomness, space, "switch")
+
+
 def apply_transform(key: Array, image: Array, index: Array,
                     space: SearchSpace, *, random_sign: bool = False,
                     method: str = "stages") -> Array:

@@ -43,7 +43,7 @@ import functools
 import json
 import math
 import time
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from absl import logging
 import flax
@@ -279,6 +279,59 @@ def step_key(key: Array, step: Array) -> Array:
   return jax.random.fold_in(key, step)
 
 
+def run_keys(seed: int) -> Tuple[Array, Array]:
+  """(init key, run key) of a training run with `config.train.seed`."""
+  root = jax.random.key(seed)
+  return jax.random.fold_in(root, _TAG_INIT), jax.random.fold_in(root,
+                                                                 _TAG_STEP)
+
+
+def step_keys(run_key: Array, step: Array) -> Tuple[Array, Array]:
+  """(augmentation key, model key) of training step `step`."""
+  k = step_key(run_key, step)
+  return jax.random.fold_in(k, 0), jax.random.fold_in(k, 1)
+
+
+def audit_example(policy: policy_lib.Policy, *, seed: int, step: int,
+                  example: int, image_shape, random_sign: bool = False
+                  ) -> List[Dict[str, Any]]:
+  """The exact transforms a training run applied to one example.
+
+  Keys come from (seed, step, global example index) only, so this needs no
+  data and no checkpoint: it recomputes the choices and draws of
+  `augment_batch` inside step `step` of a run with `config.train.seed=seed`.
+
+  Args:
+    policy: the run's policy.
+    seed: `config.train.seed`.
+    step: the optimiser step (0-based: the step that produced checkpoint
+      step + 1).
+    example: row of the step's augmented batch; with Batch Augmentation
+      (M copies of B images) row c * B + i is copy c of image i.
+    image_shape: (H, W, 3) of the training images.
+    random_sign: `config.train.random_sign`.
+
+  Returns:
+    `policy.applied_transforms`' per-layer records (layer, index, name,
+    sign, draws, randomness); replay them with `space.replay_transform`.
+  """
+  _, run_key = run_keys(seed)
+  k_aug, _ = step_keys(run_key, jnp.asarray(step, jnp.int32))
+  return policy_lib.applied_transforms(k_aug, policy, example, image_shape,
+                                       random_sign=random_sign)
+
+
+def training_example(train_size: int, batch_size: int, *, seed: int,
+                     step: int, row: int) -> int:
+  """Which training image (index into the in-memory training split) row
+  `row` of step `step` holds: the batch order of `input_pipeline.batches`
+  (for Batch Augmentation pass row % batch_size)."""
+  spe = input_pipeline.steps_per_epoch(train_size, batch_size, True)
+  epoch, offset = divmod(int(step), spe)
+  order = input_pipeline.epoch_permutation(train_size, seed=seed, epoch=epoch)
+  return int(order[offset * batch_size + int(row)])
+
+
 def augment_batch(key: Array, images: Array, policy: policy_lib.Policy, *,
                   copies: int = 1, random_sign: bool = False,
                   method: str = "auto") -> Array:
@@ -417,8 +470,7 @@ def _train_step(settings: StepSettings, state: TrainState, batch,
   tx, schedule = settings.optimizer, settings.schedule
   if isinstance(tx, OptimizerSpec):
     tx, schedule = tx.build(state.params), tx.schedule()
-  k = step_key(key, state.step)
-  k_aug, k_model = jax.random.fold_in(k, 0), jax.random.fold_in(k, 1)
+  k_aug, k_model = step_keys(key, state.step)
   if settings.mesh is None:
     images = augment_batch(k_aug, batch["image"], settings.policy,
                            copies=settings.ba_copies,
@@ -740,9 +792,7 @@ def train(config, workdir, *, dataset: Optional[input_pipeline.Dataset] = None,
   model = build_model(config.model, num_classes=num_classes, bf16=tc.bf16)
   policy = policy_lib.make_policy(config.policy,
                                   space_lib.get_space(config.policy.space))
-  root = jax.random.key(tc.seed)
-  init_key, run_key = (jax.random.fold_in(root, _TAG_INIT),
-                       jax.random.fold_in(root, _TAG_STEP))
+  init_key, run_key = run_keys(tc.seed)
   params0, stats0 = _init(model, tuple(dataset.image_shape), init_key)
   # Devices: data parallel over every device of every process (the batch
   # split on axis 0, each process feeding its rows); None: one device.

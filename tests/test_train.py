@@ -215,6 +215,69 @@ def test_batch_augmentation_loss_is_mean_over_all_copies():
   np.testing.assert_allclose(float(metrics["loss"]), expected, rtol=1e-5)
 
 
+def test_audit_replays_a_real_training_step(tiny_npz, monkeypatch):
+  """(seed, step, example) -> the exact transforms: the audit alone rebuilds
+  every augmented image of a real training step (2 layers, Batch
+  Augmentation x2, the evaluation's random sign), bit for bit."""
+  seed, step_no, b, m = 3, 9, 8, 2
+  dataset = input_pipeline.load_dataset(tiny_config(tiny_npz).input)
+  split = dataset.splits["train"]
+  model = train.build_model(ml_collections.ConfigDict({"name": "wrn_10_1"}),
+                            num_classes=4)
+  params, stats = train._init(model, (SIZE, SIZE, 3), jax.random.key(0))
+  policy = policy_lib.baseline("deepta", space_lib.cifar_space(),
+                               num_layers=2)
+  tx = optax.sgd(0.1)
+  captured = []
+  real_augment = train.augment_batch
+
+  def recording(*args, **kwargs):  # what the step's network sees
+    images = real_augment(*args, **kwargs)
+    jax.debug.callback(lambda x: captured.append(np.asarray(x)), images)
+    return images
+  monkeypatch.setattr(train, "augment_batch", recording)
+  step = train.make_train_step(model, policy, tx, mean=(0.5,) * 3,
+                               std=(0.25,) * 3, ba_copies=m,
+                               random_sign=True, donate=False)
+  # The batch the training loop feeds at step 9 (epoch 1, offset 1).
+  spe = input_pipeline.steps_per_epoch(split.size, b, True)
+  epoch, offset = divmod(step_no, spe)
+  batch = next(input_pipeline.batches(split, b, seed=seed, epoch=epoch,
+                                      start_step=offset))
+  state = train.TrainState(step=jnp.int32(step_no), params=params,
+                           batch_stats=stats, opt_state=tx.init(params))
+  _, run_key = train.run_keys(seed)
+  jax.block_until_ready(step(state, batch, run_key))
+  (seen,) = captured
+  assert seen.shape == (m * b, SIZE, SIZE, 3)
+
+  names = set()
+  for row in range(m * b):
+    image_index = train.training_example(split.size, b, seed=seed,
+                                         step=step_no, row=row % b)
+    np.testing.assert_array_equal(split.images[image_index],
+                                  batch["image"][row % b])
+    records = train.audit_example(policy, seed=seed, step=step_no,
+                                  example=row, image_shape=(SIZE, SIZE, 3),
+                                  random_sign=True)
+    assert [r["layer"] for r in records] == [1, 2]
+    x = split.images[image_index]
+    for r in records:
+      assert r["name"] == policy.space.transform_name(r["index"])
+      x = space_lib.replay_transform(x, r["index"], r["randomness"],
+                                     policy.space)
+      names.add(r["name"])
+    np.testing.assert_array_equal(np.asarray(x), seen[row])
+  assert len(names) > 10  # 32 draws from the uniform 139: varied transforms
+  # Another step or example: other choices.
+  other = train.audit_example(policy, seed=seed, step=step_no + 1, example=0,
+                              image_shape=(SIZE, SIZE, 3), random_sign=True)
+  first = train.audit_example(policy, seed=seed, step=step_no, example=0,
+                              image_shape=(SIZE, SIZE, 3), random_sign=True)
+  assert ([r["index"] for r in other], other[0]["draws"]) != (
+      [r["index"] for r in first], first[0]["draws"])
+
+
 # ---------------------------------------------------------------------------
 # Learning-rate schedule.
 # ---------------------------------------------------------------------------
