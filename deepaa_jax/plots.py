@@ -1,17 +1,26 @@
-"""Figures: transform grids and policy plots (paper Fig. 3, Fig. 5/6).
+"""Figures: transform grids, policy plots (paper Fig. 3, Fig. 5/6) and
+policy previews.
 
-Matplotlib runs with the non-interactive Agg backend, so plots work on
+`sample_preview` computes what a policy does to a few images (S draws of the
+whole K-layer chain per image, every intermediate image kept, every applied
+transform named); `policy_preview` draws it. Matplotlib runs with the non-interactive Agg backend, so plots work on
 headless machines (TPU VMs, CI) and return the path of the written PNG
 (`utils.as_path`: an `epath.Path` for a `gs://` path, which is written as
 one object).
 """
 
+import functools
 import io
-from typing import Sequence
+from typing import NamedTuple, Sequence, Tuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from deepaa_jax import space as space_lib
 from deepaa_jax import utils
+
+Array = jax.Array
 
 
 def _pyplot():
@@ -213,3 +222,246 @@ def search_history(path, records, *, title="DeepAA search",
   fig.suptitle(title)
   fig.tight_layout()
   return _save(fig, path, dpi=120)
+
+
+# --------------------------------------------------------------------------
+# Policy previews.
+# --------------------------------------------------------------------------
+
+
+class PolicyPreview(NamedTuple):
+  """S draws of a policy's whole chain on each of N images.
+
+  Attributes:
+    stages: float32[N, S, K + 1, H, W, 3], integer values in [0, 255]:
+      stage 0 is the input image, stage k the image after layer k, stage K
+      the augmented image (`outputs`).
+    indices: int32[N, S, K]: the transform drawn in each layer.
+    labels: N x S x K strings naming what each layer did
+      (`transform_label`: "ShearX(-0.24)", "Identity", "RandFlip(no)").
+  """
+  stages: np.ndarray
+  indices: np.ndarray
+  labels: Tuple[Tuple[Tuple[str, ...], ...], ...]
+
+  @property
+  def outputs(self) -> np.ndarray:
+    """float32[N, S, H, W, 3]: the augmented images."""
+    return self.stages[:, :, -1]
+
+
+_SHORT_NAMES = {"RandResizeCrop_imagenet": "RandResizeCrop"}
+
+
+def transform_label(space: space_lib.SearchSpace, index: int, *,
+                    negated: bool = False, flipped: bool = True) -> str:
+  """A short caption for one applied transform: op name and the value it
+  received, e.g. "ShearX(-0.24)", "Rotate(15)", "Posterize(5)", "Equalize".
+
+  Args:
+    space: the search space.
+    index: transform index in [0, T).
+    negated: the random sign mirrored the value (affine ops only; the
+      evaluation code's `random_mirror`, spec §4.2).
+    flipped: for RandFlip, whether its coin flipped the image; "RandFlip(no)"
+      names a RandFlip that left the image as it was.
+
+  Returns:
+    The caption.
+  """
+  op = space.ops[index]
+  name = space.op_names[op]
+  name = _SHORT_NAMES.get(name, name)
+  if op == space_lib.FLIP:
+    return name if flipped else f"{name}(no)"
+  if not space.has_magnitude[index]:
+    return name
+  value = space.values[index]
+  if negated and op in space_lib.AFFINE_OPS:
+    value = -value
+  if op == space_lib.POSTERIZE:  # the op keeps int(value) bits (ops.posterize)
+    return f"{name}({int(value)})"
+  return f"{name}({value:.2g})" if abs(value) < 1 else f"{name}({value:.3g})"
+
+
+def sample_preview(key: Array, policy, images, *, samples: int = 8,
+                   random_sign: bool = False) -> PolicyPreview:
+  """Applies `policy` `samples` times to each image, keeping every layer.
+
+  The draws are those of `policy.apply_policy(key, repeat(images, samples),
+  policy, random_sign=...)`: example i = n * samples + s (image n, draw s)
+  takes its transforms and random draws from the global example index i, so
+  `outputs[n, s]` is bit for bit what `apply_policy` gives that example.
+
+  Args:
+    key: PRNG key.
+    policy: a `deepaa_jax.policy.Policy`.
+    images: uint8 or float32[N, H, W, 3] in [0, 255], integer-valued (see
+      `space.check_images`).
+    samples: S, draws of the whole chain per image.
+    random_sign: the evaluation code's 50% sign flip of shear, translate and
+      rotate (as training applies a policy, `config.train.random_sign`); the
+      labels give the value each op received.
+
+  Returns:
+    A `PolicyPreview`.
+
+  Raises:
+    ImageContractError: `images` breaks the contract.
+    ValueError: samples < 1.
+  """
+  if samples < 1:
+    raise ValueError(f"samples must be >= 1, got {samples}")
+  space_lib.check_images(images, rank=4, where="sample_preview")
+  images = np.asarray(images).astype(np.float32)
+  n, h, w, _ = images.shape
+  space, num_layers = policy.space, policy.num_layers
+  if num_layers == 0:
+    stages = np.broadcast_to(images[:, None, None],
+                             (n, samples, 1, h, w, 3)).copy()
+    return PolicyPreview(stages, np.zeros((n, samples, 0), np.int32),
+                         tuple(tuple(() for _ in range(samples))
+                               for _ in range(n)))
+  stages, indices, negated, flipped = _preview_arrays(
+      key, jnp.asarray(policy.probs, jnp.float32), jnp.asarray(images),
+      samples=samples, space=space, random_sign=random_sign,
+      sequential=jax.default_backend() == "cpu")
+  stages, indices, negated, flipped = jax.device_get(
+      (stages, indices, negated, flipped))
+  shape = (n, samples)
+  labels = tuple(
+      tuple(tuple(transform_label(space, int(indices[i, k]),
+                                  negated=bool(negated[i, k]),
+                                  flipped=bool(flipped[i, k]))
+                  for k in range(num_layers))
+            for i in range(row * samples, (row + 1) * samples))
+      for row in range(n))
+  return PolicyPreview(
+      np.asarray(stages).reshape(shape + stages.shape[1:]),
+      np.asarray(indices).reshape(shape + (num_layers,)), labels)
+
+
+@functools.partial(jax.jit, static_argnames=("samples", "space", "random_sign",
+                                             "sequential"))
+def _preview_arrays(key, probs, images, *, samples, space, random_sign,
+                    sequential):
+  """(stages [N*S, K+1, H, W, 3], indices [N*S, K], negated [N*S, K],
+  flipped [N*S, K]) with `apply_policy`'s key derivation."""
+  # pylint: disable=protected-access
+  from deepaa_jax import policy as policy_lib  # pylint: disable=g-import-not-at-top
+  n, h, w, _ = images.shape
+  num = n * samples
+  k_index, k_apply = jax.random.split(key)  # as `apply_policy`
+  indices = policy_lib.sample_indices(k_index, probs, num)
+  example_keys = space_lib.example_keys(k_apply, num)
+  layers = jnp.arange(probs.shape[0])
+  layer_keys = jax.vmap(lambda k: jax.vmap(
+      lambda layer: jax.random.fold_in(k, layer))(layers))(example_keys)
+  rnd = jax.vmap(jax.vmap(lambda k: space_lib.layer_randomness(
+      k, h, w, space, random_sign=random_sign)))(layer_keys)
+  inputs = jnp.repeat(images, samples, axis=0)
+  method = "switch" if sequential else "stages"
+
+  def chain(args):
+    x, idx, r = args
+
+    def layer(x, per_layer):
+      i, r_k = per_layer
+      x = space_lib._apply_with(x, i, r_k, space, method)
+      return x, x
+
+    _, after = jax.lax.scan(layer, x, (idx, r))
+    return jnp.concatenate([x[None], after])
+
+  args = (inputs, indices, rnd)
+  stages = jax.lax.map(chain, args) if sequential else jax.vmap(chain)(args)
+  affine = jnp.isin(jnp.asarray(space.op_array)[indices],
+                    jnp.asarray(space_lib.AFFINE_OPS))
+  return stages, indices, rnd.flip_sign & affine, rnd.draws.flip
+
+
+def _preview_caption(labels: Sequence[str]) -> str:
+  """The layers that did something, one per line ("L2 Rotate(15)")."""
+  lines = [f"L{k + 1} {label}" for k, label in enumerate(labels)
+           if label != "Identity"]
+  return "\n".join(lines) if lines else "untouched"
+
+
+def policy_preview(path, key: Array, policy, images, *, samples: int = 8,
+                   layers: bool = False, random_sign: bool = False,
+                   title=None, cell: float = 1.05) -> utils.AnyPath:
+  """Draws what a policy does: N images x S draws of the whole K-layer chain.
+
+  Row n starts with input image n, then its S augmented versions, each
+  captioned with the layers that changed it ("L1 ShearX(-0.24)" ...; an
+  "RandFlip(no)" drew a RandFlip whose coin kept the image; "untouched": every
+  layer drew Identity). With `layers=True` each image gets K rows instead,
+  row k showing the S images after layer k, captioned with that layer's
+  transform (the last row is the augmented image).
+
+  Args:
+    path: output PNG path (parent folders are created; `gs://` works).
+    key: PRNG key of the draws (see `sample_preview`).
+    policy: a `deepaa_jax.policy.Policy`.
+    images: uint8 or float32[N, H, W, 3] in [0, 255], integer-valued.
+    samples: S, draws per image.
+    layers: one row per layer with the intermediate images.
+    random_sign: see `sample_preview`.
+    title: figure title (default: the policy name and the grid's meaning).
+    cell: inches per image.
+
+  Returns:
+    The path written.
+  """
+  preview = sample_preview(key, policy, images, samples=samples,
+                           random_sign=random_sign)
+  return draw_preview(path, preview, name=policy.name, layers=layers,
+                      title=title, cell=cell)
+
+
+def draw_preview(path, preview: PolicyPreview, *, name: str = "policy",
+                 layers: bool = False, title=None,
+                 cell: float = 1.05) -> utils.AnyPath:
+  """Draws a computed `PolicyPreview` (see `policy_preview`)."""
+  plt = _pyplot()
+  n, s, stages = preview.stages.shape[:3]
+  num_layers = stages - 1
+  pictures = np.clip(np.rint(preview.stages), 0, 255).astype(np.uint8)
+  per_image = num_layers if layers and num_layers else 1
+  if layers and num_layers:
+    captions = [[f"L{k + 1} {preview.labels[i][j][k]}" for j in range(s)]
+                for i in range(n) for k in range(num_layers)]
+    lines = 1
+  else:
+    captions = [[_preview_caption(preview.labels[i][j]) for j in range(s)]
+                for i in range(n)]
+    lines = max(c.count("\n") + 1 for row in captions for c in row)
+  rows, cols = n * per_image, s + 1
+  caption_h = 0.085 * lines + 0.05
+  fig, axes = plt.subplots(rows, cols, squeeze=False, figsize=(
+      cols * cell, rows * (cell + caption_h) + 0.45))
+  for ax in axes.ravel():
+    ax.axis("off")
+  for i in range(n):
+    for k in range(per_image):
+      r = i * per_image + k
+      stage = k + 1 if per_image > 1 else stages - 1
+      if k == 0:
+        axes[r, 0].imshow(pictures[i, 0, 0], interpolation="nearest")
+        axes[r, 0].set_title("input", fontsize=6)
+      else:
+        axes[r, 0].text(0.5, 0.5, f"after\nlayer {k + 1}", fontsize=6,
+                        ha="center", va="center",
+                        transform=axes[r, 0].transAxes)
+      for j in range(s):
+        ax = axes[r, j + 1]
+        ax.imshow(pictures[i, j, stage], interpolation="nearest")
+        ax.set_title(captions[r][j], fontsize=5, linespacing=1.0)
+  if title is None:
+    what = (f"{n} image(s) x {s} draws, one row per layer"
+            if per_image > 1 else f"{n} image(s) x {s} draws of the chain")
+    title = f"{name}: {num_layers} layer(s); {what}"
+  fig.suptitle(title, fontsize=8)
+  fig.tight_layout(pad=0.15, h_pad=0.1, w_pad=0.1,
+                   rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))
+  return _save(fig, path, dpi=130)
