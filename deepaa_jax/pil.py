@@ -386,8 +386,11 @@ def _load_json(path: pathlib.Path):
   if listed != [(t.op, t.level) for t in table]:
     raise ValueError(f"{path}: its 'transforms' do not match the "
                      f"{doc['space']} table (spec §1.2)")
-  rows = [layer["probs"] for layer in doc.get("layers", [])]
-  probs = np.asarray(rows, np.float64).reshape(len(rows), len(table))
+  rows = [np.asarray(layer["probs"], np.float64)
+          for layer in doc.get("layers", [])]
+  if any(row.shape != (len(table),) for row in rows):
+    raise ValueError(f"{path}: every layer needs {len(table)} probabilities")
+  probs = np.stack(rows) if rows else np.zeros((0, len(table)))
   return probs, doc["space"], str(doc.get("name", path.stem))
 
 
