@@ -161,7 +161,8 @@ def test_sampling_frequencies_match_the_policy():
   probs /= probs.sum(axis=1, keepdims=True)
   augment = pil.DeepAAPolicy(probs, seed=0)
   n = 60000
-  indices = np.asarray([[c.index for c in augment.sample(32, 32)] for _ in range(n)])
+  indices = np.asarray([[c.index for c in augment.sample(32, 32)]
+                        for _ in range(n)])
   for k in range(2):
     counts = np.bincount(indices[:, k], minlength=139)
     zero = probs[k] == 0
@@ -189,10 +190,11 @@ def test_random_parameters_follow_the_official_law():
   signs = np.asarray([a.sample(32, 32)[0].sign for _ in range(n)])
   assert set(signs) == {-1, 1}
   assert stats.binomtest(int((signs < 0).sum()), n, 0.5).pvalue > 1e-3
-  assert {c.sign for c in pil.DeepAAPolicy(sign, random_sign=False).sample(32, 32)
-          } == {1}
+  unsigned = pil.DeepAAPolicy(sign, random_sign=False)
+  assert {c.sign for c in unsigned.sample(32, 32)} == {1}
   a = one(crop)
-  offsets = np.asarray([a.sample(32, 32)[0].draws.crop_offsets for _ in range(n)])
+  offsets = np.asarray([a.sample(32, 32)[0].draws.crop_offsets
+                        for _ in range(n)])
   table = np.zeros((9, 9))
   np.add.at(table, (offsets[:, 0], offsets[:, 1]), 1)
   assert stats.chisquare(table.reshape(-1)).pvalue > 1e-3
@@ -255,7 +257,8 @@ def test_torchvision_convention():
   assert rrc(PIL.Image.new("RGB", (300, 200))).size == (224, 224)
   # Pickled copies (spawned workers) keep the settings, not the stream.
   clone = pickle.loads(pickle.dumps(augment))
-  assert clone.seed == 0 and clone._rng is None  # pylint: disable=protected-access
+  assert clone.seed == 0
+  assert clone._rng is None  # pylint: disable=protected-access
 
 
 def test_every_process_and_torch_worker_draws_its_own_stream(monkeypatch):
