@@ -287,6 +287,7 @@ _JOB_SECTIONS = {
     "search": ("job", "input", "pretrain", "pretrain_checkpoint", "search",
                "evaluate"),
     "demo": None,  # the demo config is free-form
+    "inspect": ("job", "seed", "policy", "input", "inspect"),
 }
 
 
@@ -349,6 +350,33 @@ def validate(config) -> None:
     _validate_train(config)
   elif job == "search":
     _validate_search(config)
+  elif job == "inspect":
+    _validate_inspect(config)
+
+
+def _validate_inspect(config) -> None:
+  """The checks of a `job="inspect"` config (`inspect_job`). Policy files
+  are checked when read, each problem as one line naming the file."""
+  p, c = config.policy, config.inspect
+  _one_of("config.policy.kind", p.kind, ("auto",) + policy_lib.KINDS)
+  _one_of("config.policy.space", p.space, ("auto",) + POLICY_SPACES)
+  if p.kind in ("auto", "official", "file") and not str(p.path).strip():
+    raise errors.ConfigError(
+        f"config.policy.path is required for config.policy.kind={p.kind!r}: "
+        "a JSON policy, an official npz, an official name (cifar_1, ...) or "
+        "a baseline name (standard, ...)")
+  _check(isinstance(p.num_layers, int) and p.num_layers >= 1,
+         "config.policy.num_layers", "an integer >= 1 (K of deepta)",
+         p.num_layers)
+  _check(isinstance(config.seed, int) and config.seed >= 0, "config.seed",
+         "a non-negative integer", config.seed)
+  for field in ("num_images", "samples", "top_k"):
+    _check(isinstance(c[field], int) and c[field] >= 1,
+           f"config.inspect.{field}", "an integer >= 1", c[field])
+  for field in ("image_size", "layer_images"):
+    _check(isinstance(c[field], int) and c[field] >= 0,
+           f"config.inspect.{field}", "an integer >= 0", c[field])
+  _one_of("config.input.source", config.input.source, INPUT_SOURCES)
 
 
 def _validate_train(config, prefix: str = "config") -> None:

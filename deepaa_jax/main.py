@@ -23,12 +23,13 @@ from deepaa_jax import config as config_lib
 from deepaa_jax import demo
 from deepaa_jax import errors
 from deepaa_jax import input_pipeline
+from deepaa_jax import inspect_job
 from deepaa_jax import search_job
 from deepaa_jax import train
 from deepaa_jax import utils
 
 FLAGS = flags.FLAGS
-JOBS = ("search", "train", "demo")
+JOBS = ("search", "train", "demo", "inspect")
 
 flags.DEFINE_string("workdir", None, "Directory for outputs and checkpoints.")
 config_flags.DEFINE_config_file(
@@ -115,6 +116,8 @@ def run(config, workdir) -> None:
     train.train_and_evaluate(config, workdir)
   elif config.job == "demo":
     demo.run_demo(config, workdir)
+  elif config.job == "inspect":
+    inspect_job.run_inspect(config, workdir)
 
 
 def main(argv):
