@@ -408,6 +408,15 @@ def write_outputs(workdir, result: Mapping[str, Any], config) -> Dict[str, str]:
       workdir / "policy_op_mass.png", policy))
   paths["magnitudes_png"] = str(plots.policy_magnitudes(
       workdir / "policy_magnitudes.png", policy))
+  # policy_preview.png: what training with the found policy does to images
+  # (the first test image of each class of config.input, else synthetic).
+  from deepaa_jax import inspect_job  # pylint: disable=g-import-not-at-top
+  evaluate = config.get("evaluate")
+  previews, source = inspect_job.write_previews(
+      workdir, policy, config.input, seed=int(config.search.seed),
+      random_sign=bool(evaluate.train.random_sign) if evaluate else True)
+  logging.info("policy_preview.png shows %s", source)
+  paths.update(previews)
   if result["history"]:
     paths["history_png"] = str(plots.search_history(
         workdir / "search_history.png", result["history"]))

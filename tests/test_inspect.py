@@ -287,3 +287,18 @@ def test_inspect_cli_bad_inputs_are_one_line(args, message, tmp_path):
   assert lines[-1].startswith("ERROR: ") and message in lines[-1], (
       result.stderr)
   assert not (tmp_path / "run" / "policy_preview.png").exists()
+
+
+def test_search_outputs_include_the_preview(tmp_path):
+  """`search_job.write_outputs` (the end of a search) writes
+  policy_preview.png for the found policy, on the search config's input."""
+  from deepaa_jax import search_job  # pylint: disable=g-import-not-at-top
+  config = config_lib.load_config_file(REPO / "configs" / "cifar10_cpu.py")
+  config.input.npz_path = "/nonexistent/cifar10.npz"  # synthetic images
+  probs = np.full((2, CIFAR.size), 1 / CIFAR.size)
+  costs = [{"layer": k, "wall_s": 1.0, "peak_memory_bytes": 1} for k in (1, 2)]
+  paths = search_job.write_outputs(
+      tmp_path, {"probs": probs, "costs": costs, "history": [],
+                 "stopped_early": False}, config)
+  assert paths["preview_png"] == str(tmp_path / "policy_preview.png")
+  assert (tmp_path / "policy_preview.png").stat().st_size > 10_000
