@@ -425,8 +425,8 @@ def default_inspect_config():
   c = ml_collections.ConfigDict()
   c.num_images = 8  # N preview images (the first test image of each class).
   c.samples = 8  # S draws of the whole chain per image.
-  c.image_size = 0  # S x S preview images; 0: data's own (CIFAR), 224 (ImageNet).
-  c.random_sign = True  # sign flip of shear/translate/rotate as training applies it.
+  c.image_size = 0  # S x S previews; 0: the data's own (CIFAR), 224 (ImageNet).
+  c.random_sign = True  # shear/translate/rotate sign flip, as training does.
   c.layer_images = 2  # images also drawn with one row per layer (0: none).
   c.top_k = 5  # transforms listed per layer in the summary.
   c.lock()

@@ -3,7 +3,9 @@ policy previews.
 
 `sample_preview` computes what a policy does to a few images (S draws of the
 whole K-layer chain per image, every intermediate image kept, every applied
-transform named); `policy_preview` draws it. Matplotlib runs with the non-interactive Agg backend, so plots work on
+transform named); `policy_preview` draws it.
+
+Matplotlib runs with the non-interactive Agg backend, so plots work on
 headless machines (TPU VMs, CI) and return the path of the written PNG
 (`utils.as_path`: an `epath.Path` for a `gs://` path, which is written as
 one object).
@@ -17,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deepaa_jax import policy as policy_lib
 from deepaa_jax import space as space_lib
 from deepaa_jax import utils
 
@@ -348,7 +351,6 @@ def _preview_arrays(key, probs, images, *, samples, space, random_sign,
   """(stages [N*S, K+1, H, W, 3], indices [N*S, K], negated [N*S, K],
   flipped [N*S, K]) with `apply_policy`'s key derivation."""
   # pylint: disable=protected-access
-  from deepaa_jax import policy as policy_lib  # pylint: disable=g-import-not-at-top
   n, h, w, _ = images.shape
   num = n * samples
   k_index, k_apply = jax.random.split(key)  # as `apply_policy`

@@ -240,7 +240,8 @@ def test_inspect_job_on_a_found_policy(tmp_path, capsys):
   assert out["policy"] == found
   _check_outputs(tmp_path / "run", out)
   printed = capsys.readouterr().out
-  assert "Policy 'deepaa_jax_search' over the cifar space, 3 layer(s)" in printed
+  assert ("Policy 'deepaa_jax_search' over the cifar space, 3 layer(s)"
+          in printed)
   assert "| total |" in printed and "Preview images: synthetic" in printed
 
 
