@@ -33,6 +33,7 @@ import numpy as np
 from deepaa_jax import config as config_lib
 from deepaa_jax import errors
 from deepaa_jax import input_pipeline
+from deepaa_jax import inspect_job
 from deepaa_jax import plots
 from deepaa_jax import policy as policy_lib
 from deepaa_jax import search as search_lib
@@ -410,10 +411,12 @@ def write_outputs(workdir, result: Mapping[str, Any], config) -> Dict[str, str]:
       workdir / "policy_magnitudes.png", policy))
   # policy_preview.png: what training with the found policy does to images
   # (the first test image of each class of config.input, else synthetic).
-  from deepaa_jax import inspect_job  # pylint: disable=g-import-not-at-top
+  # ImageNet-space searches stream S x S images: preview at that S.
   evaluate = config.get("evaluate")
   previews, source = inspect_job.write_previews(
       workdir, policy, config.input, seed=int(config.search.seed),
+      image_size=(int(config.input.image_size)
+                  if policy.space.name == "imagenet" else 0),
       random_sign=bool(evaluate.train.random_sign) if evaluate else True)
   logging.info("policy_preview.png shows %s", source)
   paths.update(previews)

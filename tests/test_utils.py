@@ -440,7 +440,8 @@ def test_write_outputs_on_gs(gcs):
   assert set(_objects(gcs)) == {
       "run/" + n for n in ("policy.json", "policy.npz", "policy_op_mass.png",
                            "policy_magnitudes.png", "search_history.png",
-                           "cost_report.json", "policy_summary.txt")}
+                           "cost_report.json", "policy_summary.txt",
+                           "policy_preview.png")}
 
 
 _LAUNCHER = r"""
