@@ -373,9 +373,16 @@ def _validate_inspect(config) -> None:
   for field in ("num_images", "samples", "top_k"):
     _check(isinstance(c[field], int) and c[field] >= 1,
            f"config.inspect.{field}", "an integer >= 1", c[field])
-  for field in ("image_size", "layer_images"):
+  for field in ("image_size", "layer_images", "audit_seed",
+                "audit_image_size"):
     _check(isinstance(c[field], int) and c[field] >= 0,
            f"config.inspect.{field}", "an integer >= 0", c[field])
+  _check(isinstance(c.audit_step, int) and c.audit_step >= -1,
+         "config.inspect.audit_step", "an integer >= 0 (-1: no audit)",
+         c.audit_step)
+  _check(isinstance(c.audit_examples, int) and c.audit_examples >= 1,
+         "config.inspect.audit_examples", "an integer >= 1",
+         c.audit_examples)
   _one_of("config.input.source", config.input.source, INPUT_SOURCES)
 
 

@@ -43,6 +43,7 @@ from deepaa_jax import errors
 from deepaa_jax import plots
 from deepaa_jax import policy as policy_lib
 from deepaa_jax import space as space_lib
+from deepaa_jax import train as train_lib
 from deepaa_jax import utils
 
 OFFICIAL_NAMES = ("cifar_1", "cifar_2", "imagenet_1", "imagenet_2")
@@ -414,9 +415,60 @@ def run_inspect(config, workdir) -> Dict[str, Any]:
       layer_images=int(c.layer_images))
   print(f"Preview images: {source}")
   paths.update(previews)
+  audit = None
+  if int(c.audit_step) >= 0:
+    audit = audit_rows(policy, seed=int(c.audit_seed),
+                       step=int(c.audit_step), examples=int(c.audit_examples),
+                       image_size=int(c.audit_image_size),
+                       random_sign=bool(c.random_sign))
+    print(f"\nTransforms applied by training step {c.audit_step} of a run "
+          f"with seed {c.audit_seed}:")
+    for row in audit:
+      print(f"  example {row['example']}: " + " -> ".join(
+          _audit_label(layer) for layer in row["layers"]))
+    utils.write_json(workdir / "audit.json", audit)
+    paths["audit_json"] = str(workdir / "audit.json")
   for path in paths.values():
     print(f"Wrote {path}")
-  return {"policy": policy, "table": table, "paths": paths}
+  return {"policy": policy, "table": table, "paths": paths, "audit": audit}
+
+
+def audit_rows(policy: policy_lib.Policy, *, seed: int, step: int,
+               examples: int, image_size: int = 0,
+               random_sign: bool = True) -> List[Dict[str, Any]]:
+  """`train.audit_example` for rows 0..examples-1 of training step `step`
+  (a run with `config.train.seed=seed`), as JSON-ready records: {"example",
+  "layers": [{layer, index, name, sign, draws}]}. `image_size` 0 is 32 for
+  the CIFAR space and 224 for the ImageNet space (the random ops' draws
+  depend on the image size)."""
+  size = image_size or (IMAGENET_PREVIEW_SIZE if policy.space.name ==
+                        "imagenet" else 32)
+  rows = []
+  for example in range(examples):
+    layers = train_lib.audit_example(policy, seed=seed, step=step,
+                                     example=example,
+                                     image_shape=(size, size, 3),
+                                     random_sign=random_sign)
+    rows.append({"example": example, "layers": [
+        {k: v for k, v in layer.items() if k != "randomness"}
+        for layer in layers]})
+  return rows
+
+
+def _audit_label(layer: Dict[str, Any]) -> str:
+  """'ShearX(m=2, -0.2) x-1', 'RandCrop[top 3, left 5]', ... for one layer."""
+  name, draws = layer["name"], layer["draws"]
+  op = name.split("(")[0]
+  if op == "RandFlip":
+    return f"RandFlip[{'flip' if draws['flip'] else 'no flip'}]"
+  if op.startswith("RandCutout"):
+    cx, cy = draws["cutout_center"]
+    return f"{op}[centre {cx:.1f}, {cy:.1f}]"
+  if op == "RandCrop":
+    return "RandCrop[top {}, left {}]".format(*draws["crop_offsets"])
+  if op.startswith("RandResizeCrop"):
+    return "{}[box {} {} {} {}]".format(op, *draws["resized_crop_box"])
+  return name + (" x-1" if layer["sign"] < 0 else "")
 
 
 def default_inspect_config():
@@ -429,6 +481,10 @@ def default_inspect_config():
   c.random_sign = True  # shear/translate/rotate sign flip, as training does.
   c.layer_images = 2  # images also drawn with one row per layer (0: none).
   c.top_k = 5  # transforms listed per layer in the summary.
+  c.audit_step = -1  # audit this training step (-1: no audit): see audit_rows.
+  c.audit_seed = 0  # config.train.seed of the audited training run.
+  c.audit_examples = 8  # rows 0..N-1 of that step's augmented batch.
+  c.audit_image_size = 0  # the run's image side; 0: 32 (CIFAR space), 224 (ImageNet).
   c.lock()
   return c
 

@@ -3,6 +3,7 @@ expected-ops table and the plots out; bad inputs as one line."""
 
 import csv
 import io
+import json
 import os
 import pathlib
 import subprocess
@@ -16,6 +17,7 @@ from deepaa_jax import errors
 from deepaa_jax import inspect_job
 from deepaa_jax import policy as policy_lib
 from deepaa_jax import space as space_lib
+from deepaa_jax import train
 from tests.conftest import CIFAR10_NPZ
 from tests.conftest import OFFICIAL_POLICIES
 
@@ -243,6 +245,34 @@ def test_inspect_job_on_a_found_policy(tmp_path, capsys):
   assert ("Policy 'deepaa_jax_search' over the cifar space, 3 layer(s)"
           in printed)
   assert "| total |" in printed and "Preview images: synthetic" in printed
+
+
+def test_inspect_job_audits_a_training_step(tmp_path, capsys):
+  """config.inspect.audit_step: the transforms a training step applied to
+  each example (train.audit_example; its replay of a real step is tested in
+  tests/test_train.py), printed and written to audit.json."""
+  path, found = _found_policy(tmp_path)
+  config = _config(path)
+  config.inspect.update(dict(audit_step=9, audit_seed=3, audit_examples=3,
+                             layer_images=0, num_images=1, samples=1))
+  out = inspect_job.run_inspect(config, tmp_path / "run")
+  saved = json.loads((tmp_path / "run" / "audit.json").read_text())
+  assert saved == out["audit"] and [r["example"] for r in saved] == [0, 1, 2]
+  for row in saved:
+    expected = train.audit_example(found, seed=3, step=9,
+                                   example=row["example"],
+                                   image_shape=(32, 32, 3), random_sign=True)
+    assert [l["index"] for l in row["layers"]] == [
+        e["index"] for e in expected]
+    assert [l["draws"] for l in row["layers"]] == [
+        e["draws"] for e in expected]
+  printed = capsys.readouterr().out
+  assert "Transforms applied by training step 9 of a run with seed 3" in (
+      printed)
+  assert printed.count("  example ") == 3
+  config.inspect.audit_step = -2
+  with pytest.raises(errors.ConfigError, match="config.inspect.audit_step"):
+    config_lib.validate(config)
 
 
 @needs_official
