@@ -78,6 +78,22 @@ def mock_tfds(num_examples, data_dir, names=("imagenet2012",)):
     yield
 
 
+@pytest.fixture(scope="session")
+def imagenet_policy(tmp_path_factory):
+  """The official imagenet_1 policy file when ../shared has it, else a
+  stand-in in the same format (a 5-layer DeepTA-style uniform policy over
+  the ImageNet space, written by `save_official_npz`), so that the ImageNet
+  configs' tests run (not skip) without ../shared."""
+  official = OFFICIAL_POLICIES / "policy_DeepAA_imagenet_1.npz"
+  if official.is_file():
+    return str(official)
+  from deepaa_jax import policy as policy_lib  # pylint: disable=g-import-not-at-top
+  from deepaa_jax import space as space_lib  # pylint: disable=g-import-not-at-top
+  path = tmp_path_factory.mktemp("policy") / "policy_imagenet_standin.npz"
+  return str(policy_lib.save_official_npz(path, policy_lib.baseline(
+      "deepta", space_lib.imagenet_space(), num_layers=5)))
+
+
 def run_cli(*args, workdir, timeout=300):
   """`python -m deepaa_jax.main --config=configs/test.py --workdir=...` in a
   subprocess on the CPU (the CLI's own error handling is what is tested)."""

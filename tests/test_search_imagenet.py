@@ -25,7 +25,8 @@ def _load(name, *args):
   return config_lib.load_config_file(CONFIGS / name, *args)
 
 
-def test_imagenet_configs_validate_and_reject_overlapping_or_missing_pools():
+def test_imagenet_configs_validate_and_reject_overlapping_or_missing_pools(
+    imagenet_policy):
   config = _load("imagenet.py")
   config_lib.validate(config)
   assert (config.search.space, config.search.num_layers,
@@ -36,6 +37,7 @@ def test_imagenet_configs_validate_and_reject_overlapping_or_missing_pools():
   # given network (whose data is not the search's) do the pools validate.
   r50 = _load("imagenet.py", "resnet50")
   assert r50.pretrain.model.name == "resnet50"
+  r50.pretrain.policy.path = imagenet_policy  # a stand-in without ../shared
   with pytest.raises(errors.ConfigError, match="overlaps"):
     config_lib.validate(r50)
   r50.pretrain_checkpoint = "/some/imagenet_resnet50/workdir"
