@@ -258,19 +258,8 @@ class StreamingDataset:
     read_config = tfds.ReadConfig(
         shuffle_seed=shuffle_seed, try_autocache=False,
         interleave_cycle_length=16 if shuffle_files else 1)
-    try:
-      ds = builder.as_dataset(
-          split=spec, shuffle_files=shuffle_files,
-          decoders={"image": tfds.decode.SkipDecoding()},
-          read_config=read_config)
-    except (tfds.core.registered.DatasetNotFoundError, AssertionError,
-            FileNotFoundError) as e:
-      raise errors.DatasetNotFoundError(
-          input_pipeline.tfds_missing_message(self.name, self.data_dir)
-      ) from e
-    except (ValueError, KeyError) as e:  # an unknown split or bad slice
-      raise errors.DataError(f"{self.where}: cannot read split {spec!r}: "
-                             f"{_one_line(e)}") from e
+    ds = _encoded(builder, tfds, self.name, self.data_dir, spec,
+                  shuffle_files=shuffle_files, read_config=read_config)
     options = tf.data.Options()
     options.deterministic = True  # parallel map/interleave keep the order
     ds = ds.with_options(options)
@@ -337,17 +326,13 @@ def _one_line(error: BaseException) -> str:
   return text[:400] + ("..." if len(text) > 400 else "")
 
 
-def _split_size(builder, tfds, name: str, data_dir, spec: str) -> int:
-  """Examples in `spec`: from the prepared dataset's info, else (TFDS mock
-  data, info without split sizes) from the stream's cardinality or a count
-  of the encoded records."""
+def _encoded(builder, tfds, name: str, data_dir, spec: str, **kwargs):
+  """`builder.as_dataset(split=spec)` with the images left encoded; TFDS's
+  errors as one line: DatasetNotFoundError (not prepared in `data_dir`) or
+  DataError (an unknown split or a bad slice)."""
   try:
-    return int(builder.info.splits[spec].num_examples)
-  except (KeyError, ValueError, AssertionError):
-    pass
-  try:
-    ds = builder.as_dataset(split=spec, decoders={
-        "image": tfds.decode.SkipDecoding()}, shuffle_files=False)
+    return builder.as_dataset(
+        split=spec, decoders={"image": tfds.decode.SkipDecoding()}, **kwargs)
   except (tfds.core.registered.DatasetNotFoundError, AssertionError,
           FileNotFoundError) as e:
     raise errors.DatasetNotFoundError(
@@ -357,6 +342,17 @@ def _split_size(builder, tfds, name: str, data_dir, spec: str) -> int:
         f"{input_pipeline.tfds_where(name, data_dir)}: no split {spec!r} "
         f"({_one_line(e)}); set config.input.tfds_train_split / "
         "tfds_eval_split.") from e
+
+
+def _split_size(builder, tfds, name: str, data_dir, spec: str) -> int:
+  """Examples in `spec`: from the prepared dataset's info, else (TFDS mock
+  data, info without split sizes) from the stream's cardinality or a count
+  of the encoded records."""
+  try:
+    return int(builder.info.splits[spec].num_examples)
+  except (KeyError, ValueError, AssertionError):
+    pass
+  ds = _encoded(builder, tfds, name, data_dir, spec, shuffle_files=False)
   n = int(ds.cardinality())
   if n >= 0:
     return n

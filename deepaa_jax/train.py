@@ -641,10 +641,9 @@ def _eval_batches(split, batch_size: int, sharding):
     batches = split.eval_batches(batch_size,
                                  process_index=jax.process_index(),
                                  process_count=jax.process_count())
-    put = (jax.device_put if sharding is None else functools.partial(
-        parallel.from_process_local, mesh=sharding.mesh,
-        global_size=batch_size))
-    yield from streaming.prefetch(batches, put)
+    mesh = None if sharding is None else sharding.mesh
+    yield from streaming.prefetch(batches, functools.partial(
+        _put_rows, mesh=mesh, global_size=batch_size))
     return
   for batch in input_pipeline.batches(split, batch_size, seed=0, epoch=0,
                                       shuffle=False, drop_last=False):
@@ -657,6 +656,14 @@ def _eval_batches(split, batch_size: int, sharding):
                                 np.zeros(pad, np.float32)]),
     }
     yield _put(batch, sharding)
+
+
+def _put_rows(batch, *, mesh, global_size: int):
+  """This process's rows of a global batch of `global_size`, on the devices
+  (sharded over `mesh`; one device when it is None)."""
+  if mesh is None:
+    return jax.device_put(batch)
+  return parallel.from_process_local(batch, mesh, global_size)
 
 
 def _put(batch, sharding):
@@ -914,10 +921,8 @@ def train(config, workdir, *, dataset: Optional[input_pipeline.Dataset] = None,
           f"{ckpt.directory}. Lower config.train.learning_rate, keep "
           "config.train.grad_clip_norm > 0, or turn off config.train.bf16.")
 
-  def put_local(batch):
-    if mesh is None:
-      return jax.device_put(batch)
-    return parallel.from_process_local(batch, mesh, tc.batch_size)
+  put_local = functools.partial(_put_rows, mesh=mesh,
+                                global_size=tc.batch_size)
 
   t_loop = time.time()
   step = start
@@ -938,8 +943,8 @@ def train(config, workdir, *, dataset: Optional[input_pipeline.Dataset] = None,
         batches = input_pipeline.batches(split, tc.batch_size, seed=tc.seed,
                                          epoch=epoch, start_step=offset)
       for batch in batches:
-        if mesh is not None and not streamed:
-          batch = parallel.from_process_local(batch, mesh, tc.batch_size)
+        if mesh is not None and not streamed:  # (streamed: put by prefetch)
+          batch = put_local(batch)
         state, metrics = train_step(state, batch, run_key)
         step += 1
         if pending is not None:
