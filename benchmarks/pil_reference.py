@@ -1,12 +1,17 @@
 """Pillow reference for the DeepAA transforms: the official semantics, one image
 at a time.
 
-This is the yardstick for `deepaa_jax.ops` (pixel parity, `tests/test_ops.py`)
-and for speed (`benchmarks/augment_bench.py`). It deliberately does NOT import
-`deepaa_jax`: the op list, ranges and level grid are re-derived here from
-`official_deepaa_spec.md` §1.1-§1.4 so that the tests compare two independent
-readings of the spec. It lives outside the package: Pillow is only a test and
-benchmark dependency.
+This is the yardstick for the JAX ops (pixel parity, `tests/test_ops.py`,
+`tests/test_space.py`, `docs/parity.md`), for the package's own Pillow applier
+`deepaa_jax.pil` (`tests/test_pil.py`) and for speed
+(`benchmarks/augment_bench.py`). It deliberately does NOT import `deepaa_jax`:
+the op list, ranges and level grid are re-derived here from
+`official_deepaa_spec.md` §1.1-§1.4 so that the tests compare independent
+readings of the spec. It stays outside the package although `deepaa_jax.pil`
+now ships a Pillow implementation too: that one is the user-facing transform
+(policy sampling, worker streams, torchvision convention), this one is the
+test oracle (one op at a time, draws passed in), and keeping them apart keeps
+the comparison between them meaningful.
 
 Random draws are explicit arguments (`Draws`), so a test can give Pillow
 exactly the draws the JAX sampler made; `random_draws` makes them with

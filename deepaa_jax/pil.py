@@ -25,10 +25,14 @@ computed by the very Pillow calls of the official code; this module only
 reproduces the transform table, the sampling and the draws.
 
 Dependencies: this file imports only NumPy and Pillow, and nothing from the
-project, so it can be copied on its own. `import deepaa_jax.pil` does run the
-package's `__init__`, which imports JAX (~1 s; no backend is initialised and
-no device is touched, so forked DataLoader workers are safe); JAX is never
-called here.
+project, so it can be copied on its own. That is why it keeps its own copy of
+the transform table (`_COMMON_OPS`, the level grid, the random ops) instead of
+importing `deepaa_jax.space`: `space` imports JAX, and a PyTorch DataLoader
+worker should need only NumPy and Pillow (no JAX import time, no accelerator
+runtime in forked workers). The package `__init__` is lazy, so
+`import deepaa_jax.pil` imports no JAX either (tests/test_api.py checks it in
+a fresh interpreter). The copy cannot drift unnoticed: tests/test_pil.py
+compares it with the JAX spaces' table entry by entry and pixel by pixel.
 
 Randomness: each `DeepAAPolicy` owns a `numpy.random.Generator`, seeded from
 `seed` (None: fresh OS entropy). A copy of it in another process or DataLoader
