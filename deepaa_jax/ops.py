@@ -17,7 +17,9 @@ posterize, equalize, autocontrast, sharpness or cutout; its colour ops follow
 `tf.image` (additive brightness, mean-based contrast on float images), not
 `PIL.ImageEnhance`; its solarize assumes images in [0, 1]; and its affine
 warps use `map_coordinates` rounding, not PIL's 16.16 fixed-point NEAREST
-sampler. dm-pix is used where its pixels are identical (`flip_left_right`).
+sampler. Even its `flip_left_right` is written here (`jnp.flip` on the width
+axis, as dm-pix does it), so that the ops need only JAX: a bare accelerator
+machine without dm-pix runs them (experiments/gpu_evidence.py).
 
 Exactness notes (each verified against Pillow in tests/test_ops.py):
 * Geometric ops reproduce PIL's `ImagingTransformAffine` fast path bit for bit:
@@ -40,7 +42,6 @@ import functools
 import math
 from typing import Optional, Sequence, Tuple, Union
 
-import dm_pix
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -540,7 +541,7 @@ def sample_flip(key: Array) -> Array:
 def flip(image: Array, do_flip: Union[bool, Array]) -> Array:
   """`ImageOps.mirror` (left-right) where `do_flip`, else the image."""
   image = _as_float_image(image)
-  return jnp.where(do_flip, dm_pix.flip_left_right(image), image)
+  return jnp.where(do_flip, jnp.flip(image, axis=-2), image)
 
 
 def random_flip(key: Array, image: Array) -> Array:
