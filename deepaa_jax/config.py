@@ -115,6 +115,8 @@ def policy_config() -> ml_collections.ConfigDict:
   c.path = official_policy_path("cifar_1")  # npz (official) or JSON (file) policy; other kinds ignore it.
   c.num_layers = 6  # K for kind="deepta" (paper §4.4: 6 uniform layers).
   c.space = "cifar"  # transform set the policy is over: "cifar" or "imagenet".
+  c.first_layers = 0  # keep the first k layers (Table 5 depth ablation); 0 = all.
+  c.then = ""  # baseline after the policy's layers (§4.3 DeepAA-simple); "" = none.
   c.lock()  # a typo inside a config file fails like one on the command line
   return c
 
@@ -368,6 +370,7 @@ def _validate_inspect(config) -> None:
   _check(isinstance(p.num_layers, int) and p.num_layers >= 1,
          "config.policy.num_layers", "an integer >= 1 (K of deepta)",
          p.num_layers)
+  _validate_policy_variant(p, lambda field: f"config.policy.{field}")
   _check(isinstance(config.seed, int) and config.seed >= 0, "config.seed",
          "a non-negative integer", config.seed)
   for field in ("num_images", "samples", "top_k"):
@@ -384,6 +387,19 @@ def _validate_inspect(config) -> None:
          "config.inspect.audit_examples", "an integer >= 1",
          c.audit_examples)
   _one_of("config.input.source", config.input.source, INPUT_SOURCES)
+
+
+def _validate_policy_variant(p, name) -> None:
+  """config.policy.first_layers and .then (`policy.make_policy`); `name(f)`
+  is the full name of field f. Whether first_layers fits the policy's
+  layer count is checked when the policy is read."""
+  k = p.first_layers
+  _check(isinstance(k, int) and not isinstance(k, bool) and k >= 0,
+         name("first_layers"), "an integer >= 0 (0 = all layers)", k)
+  if p.then not in ("",) + policy_lib.THEN_KINDS:
+    raise errors.ConfigError(
+        f"{name('then')} must be a baseline made of layers, one of "
+        f"{policy_lib.THEN_KINDS} (or '' for none), got {p.then!r}")
 
 
 def _validate_train(config, prefix: str = "config") -> None:
@@ -417,6 +433,7 @@ def _validate_train(config, prefix: str = "config") -> None:
   if p.kind == "deepta":
     _check(p.num_layers >= 1, name("policy", "num_layers"), ">= 1",
            p.num_layers)
+  _validate_policy_variant(p, lambda field: name("policy", field))
 
   # Duration.
   _check(t.num_epochs >= 0, name("train", "num_epochs"), ">= 0", t.num_epochs)

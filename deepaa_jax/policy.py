@@ -54,6 +54,9 @@ Array = jax.Array
 FORMAT = "deepaa-jax-policy/1"
 KINDS = ("none", "standard", "standard_cutout", "trivialaugment", "deepta",
          "official", "file")
+# Baselines that can follow a policy (`followed_by`, config.policy.then):
+# those made of fixed layers.
+THEN_KINDS = ("standard", "standard_cutout", "trivialaugment")
 # Rows must sum to one within this tolerance; the official float32 files are
 # within ~1.2e-7.
 _SUM_TOLERANCE = 1e-5
@@ -585,11 +588,13 @@ def make_policy(config, space: space_lib.SearchSpace) -> Policy:
   """The policy a `config.policy` section asks for.
 
   Fields: kind (one of `KINDS`), path (for "official" and "file"),
-  num_layers (for "deepta"). Errors name the field and the valid values.
+  num_layers (for "deepta"); optional first_layers (k > 0: keep the first k
+  layers, `truncate`) and then (a `THEN_KINDS` baseline appended after them,
+  `followed_by`). Errors name the field and the valid values.
 
   Raises:
-    ConfigError: an unknown kind, a missing path, or a policy over another
-      space than the data's.
+    ConfigError: an unknown kind or `then`, a missing path, a policy over
+      another space than the data's, or first_layers above its layer count.
     FileNotFoundError: `config.policy.path` is not a file.
     PolicyFileError: the file cannot be read as the kind's format (see
       `load_official_npz`, `load_policy`); the message names the file.
@@ -613,7 +618,84 @@ def make_policy(config, space: space_lib.SearchSpace) -> Policy:
     raise errors.ConfigError(f"policy {policy.name!r} is over the "
                              f"{policy.space_name!r} space but the data uses "
                              f"the {space.name!r} space")
+  return variant(policy, config)
+
+
+def variant(policy: Policy, config) -> Policy:
+  """The policy as `config.policy.first_layers` and `.then` ask (absent
+  fields: unchanged): its first k layers (`truncate`), then a baseline's
+  layers (`followed_by`).
+
+  Raises:
+    ConfigError: first_layers above the policy's layer count, or `then` not
+      one of `THEN_KINDS`; one line naming the field and both numbers.
+  """
+  first_layers = config.get("first_layers", 0)
+  if first_layers:
+    if not 0 < first_layers <= policy.num_layers:
+      raise errors.ConfigError(
+          f"config.policy.first_layers={first_layers} but policy "
+          f"{policy.name!r} has {policy.num_layers} layer(s): keep 1.."
+          f"{policy.num_layers} (0 = all)")
+    policy = truncate(policy, first_layers)
+  then_kind = config.get("then", "")
+  if then_kind:
+    if then_kind not in THEN_KINDS:
+      raise errors.ConfigError(f"config.policy.then must be one of "
+                               f"{('',) + THEN_KINDS}, got {then_kind!r}")
+    policy = followed_by(policy, then_kind)
   return policy
+
+
+def truncate(policy: Policy, num_layers: int) -> Policy:
+  """The policy's first `num_layers` layers (paper Table 5, depth ablation).
+
+  Args:
+    policy: K layers.
+    num_layers: k, 1 <= k <= K.
+
+  Returns:
+    A policy with probs = policy.probs[:k] (float64[k, T]), named
+    "<name>[:k]", its metadata plus "first_layers": k and "source_layers": K.
+
+  Raises:
+    ValueError: k outside [1, K].
+  """
+  if not 1 <= num_layers <= policy.num_layers:
+    raise ValueError(f"cannot keep the first {num_layers} layer(s) of policy "
+                     f"{policy.name!r}: it has {policy.num_layers}")
+  meta = dict(policy.metadata, first_layers=int(num_layers),
+              source_layers=policy.num_layers)
+  return Policy(policy.probs[:num_layers], policy.space_name,
+                f"{policy.name}[:{num_layers}]", meta)
+
+
+def followed_by(policy: Policy, kind: str) -> Policy:
+  """The policy, then the baseline `kind`'s layers (paper §4.3: DeepAA-simple
+  is one searched layer followed by the default augmentation).
+
+  The baseline's one-hot layers are appended, so `apply_policy` applies them
+  per example after the policy's layers exactly as the baseline alone would.
+
+  Args:
+    policy: K layers.
+    kind: one of `THEN_KINDS` (a baseline made of fixed layers).
+
+  Returns:
+    A policy of K + L layers (float64[K + L, T]; L = 2 for "standard", 3 for
+    "standard_cutout", 4 for "trivialaugment"), named "<name>+<kind>", its
+    metadata plus "then": kind.
+
+  Raises:
+    ValueError: `kind` is not one of `THEN_KINDS`.
+  """
+  if kind not in THEN_KINDS:
+    raise ValueError(f"a policy can be followed by one of {THEN_KINDS}, "
+                     f"got {kind!r}")
+  extra = baseline(kind, policy.space)
+  return Policy(np.concatenate([policy.probs, extra.probs]),
+                policy.space_name, f"{policy.name}+{kind}",
+                dict(policy.metadata, then=kind))
 
 
 def sample_indices(key: Array, probs: Array, num: int, *,

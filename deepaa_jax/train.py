@@ -84,6 +84,18 @@ _RESUMABLE_FIELDS = (
     "train.checkpoint_every_steps", "train.keep_checkpoints",
     "train.log_every_steps", "train.augment_method", "input.data_dir",
     "input.npz_path", "policy.path")
+# Policy variant fields (config.policy.first_layers, .then) with their
+# defaults: part of a run's identity only when set, so a checkpoint written
+# before they existed resumes, and one with another value is refused.
+_POLICY_VARIANT_DEFAULTS = (("first_layers", 0), ("then", ""))
+
+
+def _identity_ignore(config) -> Tuple[str, ...]:
+  """The config fields left out of `utils.run_identity`: the resumable ones
+  and the policy variant fields at their defaults."""
+  return _RESUMABLE_FIELDS + tuple(
+      f"policy.{field}" for field, default in _POLICY_VARIANT_DEFAULTS
+      if config.policy.get(field, default) == default)
 
 # The loss, gradient or parameters became NaN or infinite (divergence).
 NonFiniteLossError = errors.DivergedError
@@ -723,8 +735,11 @@ def _save_after_error(save, ckpt, state, pending, check) -> Optional[int]:
 
 
 def _policy_fingerprint(policy: policy_lib.Policy):
+  """What makes two policies the same step (a static key): name, space,
+  probabilities and the variant (first_layers, then; `policy.variant`)."""
   return (policy.name, policy.space_name, policy.probs.shape,
-          policy.probs.tobytes())
+          policy.probs.tobytes(), policy.metadata.get("first_layers", 0),
+          policy.metadata.get("then", ""))
 
 
 def _host_float(x) -> float:
@@ -822,7 +837,7 @@ def train(config, workdir, *, dataset: Optional[input_pipeline.Dataset] = None,
     run_key = parallel.replicate(run_key, mesh)
 
   # Resume: the newest checkpoint that restores, if it is this run's.
-  identity = utils.run_identity(config, ignore=_RESUMABLE_FIELDS,
+  identity = utils.run_identity(config, ignore=_identity_ignore(config),
                                 data=dataset.fingerprint(),
                                 policy=utils.content_hash(
                                     policy.probs, label=f"{policy.name} "

@@ -21,6 +21,16 @@ evaluated on the full 10,000-image test set. Policies:
   deepaa_cifar_1   the authors' searched policy policy_DeepAA_cifar_1.npz
   deepaa_cifar_2   the authors' searched policy policy_DeepAA_cifar_2.npz
   NAME             any policy file given as --policy_files=NAME=PATH
+  NAME@kK          any of these truncated to its first K layers
+                   (config.policy.first_layers; the paper's Table 5 depth
+                   ablation), e.g. deepaa_cifar_1@k3
+  NAME+BASELINE    any of these followed by a baseline made of layers
+                   (config.policy.then: standard, standard_cutout,
+                   trivialaugment), e.g. DeepAA-simple (paper §4.3), one
+                   searched layer then crop, flip and Cutout:
+                   found@k1+standard_cutout (both suffixes: @k first)
+
+A file NAME is added to --policies unless --policies names a variant of it.
 
 The regime (chosen from pilots, see docs/results_low_data.md): 1,000 images
 (100 per class) trained for 60 epochs (1,875 steps of 32), so that the
@@ -34,11 +44,12 @@ cosine to 0, SGD Nesterov 0.9, wd 5e-4 off BN, clip 5, random sign flip on
 (the official evaluation semantics).
 
 Resumable across sessions: each run has its own workdir
-(`<workdir>/<policy>/seed<k>`, resumed from its last checkpoint if
-interrupted), and each finished run is appended to `--record` (committed
-JSON, default docs/results_low_data_runs.json) under a key of its settings
-(and, for policy files, of the file's content), so a run recorded there is
-never trained again, even from a fresh checkout. The report
+(`<workdir>/<policy>/seed<k>`, <policy> with its suffixes; resumed from
+its last checkpoint if interrupted), and each finished run is appended to
+`--record` (committed JSON, default docs/results_low_data_runs.json) under a
+key of its settings (and, for policy files, of the file's content; for a
+variant, of its first_layers and then), so a run recorded there is never
+trained again, even from a fresh checkout. The report
 (`--out_md`, `--out_png`) has mean ± sample std per policy, the paired
 differences over the same seeds (`--pairs`), and the settings.
 """
@@ -62,7 +73,10 @@ if str(REPO) not in sys.path:
   sys.path.insert(0, str(REPO))
 
 from deepaa_jax import config as config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from deepaa_jax import errors  # pylint: disable=g-import-not-at-top,wrong-import-position
 from deepaa_jax import input_pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
+from deepaa_jax import policy as policy_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from deepaa_jax import space as space_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from deepaa_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 POLICIES = ("none", "standard", "standard_cutout", "trivialaugment", "deepta",
@@ -72,7 +86,9 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "runs/low_data_cifar10", "Root of the runs.")
 flags.DEFINE_float("epochs", 60, "Epochs of the subset per run.")
 flags.DEFINE_integer("seeds", 3, "Seeds per policy (0..seeds-1).")
-flags.DEFINE_list("policies", list(POLICIES), "Policies to run.")
+flags.DEFINE_list("policies", list(POLICIES),
+                  "Policies to run: names, NAME@kK (first K layers) and "
+                  "NAME+BASELINE (then a baseline), see the docstring.")
 flags.DEFINE_integer("subset", 1000, "Class-balanced training subset size.")
 flags.DEFINE_string("model", "wrn_10_1", "Network (config.model.name).")
 flags.DEFINE_integer("batch", 32, "Batch size.")
@@ -114,14 +130,34 @@ def policy_files():
       raise app.UsageError(f"--policy_files: expected NAME=PATH, got {entry!r}")
     if name in POLICIES:
       raise app.UsageError(f"--policy_files: {name!r} is a built-in policy")
+    if "@" in name or "+" in name:
+      raise app.UsageError(f"--policy_files: {name!r}: a NAME has no '@' or "
+                           "'+' (they mark variants in --policies)")
     if not pathlib.Path(path).is_file():
       raise app.UsageError(f"--policy_files: no file at {path!r}")
     files[name] = str(pathlib.Path(path).resolve())
   return files
 
 
-def make_config(policy: str, seed: int):
-  """The config of one run."""
+def parse_policy(spec: str):
+  """(name, first_layers, then) of a --policies entry NAME[@kK][+BASELINE]:
+  e.g. "found@k1+standard_cutout" -> ("found", 1, "standard_cutout"),
+  "standard" -> ("standard", 0, "")."""
+  rest, plus, then = spec.partition("+")
+  name, at, k = rest.partition("@")
+  if plus and then not in policy_lib.THEN_KINDS:
+    raise app.UsageError(f"--policies: {spec!r}: '+' must be followed by one "
+                         f"of {policy_lib.THEN_KINDS}, got {then!r}")
+  if at and not (k[:1] == "k" and k[1:].isdigit() and int(k[1:]) >= 1):
+    raise app.UsageError(f"--policies: {spec!r}: '@' must be followed by k "
+                         f"and a number of layers >= 1 (e.g. {name}@k3), got "
+                         f"{k!r}")
+  return name, int(k[1:]) if at else 0, then
+
+
+def make_config(spec: str, seed: int):
+  """The config of one run (`spec`: a --policies entry)."""
+  policy, first_layers, then = parse_policy(spec)
   config = _base_config()
   files = policy_files()
   if policy in files:
@@ -135,6 +171,8 @@ def make_config(policy: str, seed: int):
   else:
     config.policy.kind = policy
   config.policy.num_layers = 6  # deepta: K = 6
+  config.policy.first_layers = first_layers
+  config.policy.then = then
   config.model.name = FLAGS.model
   config.train.num_epochs = FLAGS.epochs
   config.train.batch_size = FLAGS.batch
@@ -301,7 +339,11 @@ def write_report(rows, settings, path_md, path_png, wall_s):
 def main(argv):
   del argv
   t0 = time.time()
-  rows, settings = run_all(FLAGS.policies)
+  try:
+    policies = check_policies(FLAGS.policies)
+  except app.UsageError as e:  # one line, not the usage text
+    sys.exit(f"ERROR: {e}")
+  rows, settings = run_all(policies)
   write_report(rows, settings, FLAGS.out_md, FLAGS.out_png, time.time() - t0)
   print(f"Wrote {FLAGS.out_md} and {FLAGS.out_png} "
         f"({(time.time() - t0) / 60:.1f} min)")
@@ -309,15 +351,24 @@ def main(argv):
 
 def run_key(policy: str, seed: int) -> str:
   """What identifies a run in the record: its settings, and the content of
-  its policy file (a re-run search with another result is a new run)."""
+  its policy file (a re-run search with another result is a new run).
+  `policy` is a --policies entry; a variant's key ends with its
+  first_layers and then (absent for a plain policy, whose key is as it was
+  before variants existed)."""
+  name, first_layers, then = parse_policy(policy)
   files = policy_files()
   digest = ""
-  if policy in files:
-    digest = hashlib.sha256(pathlib.Path(files[policy]).read_bytes()
+  if name in files:
+    digest = hashlib.sha256(pathlib.Path(files[name]).read_bytes()
                             ).hexdigest()[:16]
-  return (f"{policy}|{digest}|seed={seed}|subset={FLAGS.subset}|"
-          f"epochs={FLAGS.epochs:g}|model={FLAGS.model}|batch={FLAGS.batch}|"
-          f"lr={FLAGS.lr:g}")
+  key = (f"{policy}|{digest}|seed={seed}|subset={FLAGS.subset}|"
+         f"epochs={FLAGS.epochs:g}|model={FLAGS.model}|batch={FLAGS.batch}|"
+         f"lr={FLAGS.lr:g}")
+  if first_layers:
+    key += f"|first_layers={first_layers}"
+  if then:
+    key += f"|then={then}"
+  return key
 
 
 def _load_record(path: pathlib.Path) -> dict:
@@ -334,14 +385,38 @@ def _save_record(path: pathlib.Path, record: dict) -> None:
   tmp.replace(path)  # atomic: a kill never leaves half a record
 
 
-def run_all(policies):
-  """Trains every (policy, seed) not yet recorded; returns (rows, settings)."""
+def check_policies(policies):
+  """The --policies entries, with the --policy_files NAMEs that no entry
+  names (or names a variant of) appended; each one's policy is built once,
+  so an unknown name, a bad suffix or a truncation beyond a policy's layers
+  is refused before anything trains.
+
+  Raises:
+    app.UsageError: one line naming the entry.
+  """
   extra = list(policy_files())
-  policies = list(policies) + [p for p in extra if p not in policies]
-  unknown = [p for p in policies if p not in POLICIES + tuple(extra)]
+  named = {parse_policy(p)[0] for p in policies}
+  policies = list(policies) + [p for p in extra if p not in named]
+  unknown = [p for p in policies
+             if parse_policy(p)[0] not in POLICIES + tuple(extra)]
   if unknown:
     raise app.UsageError(f"--policies: unknown {unknown}; valid: {POLICIES} "
-                         "or a NAME from --policy_files")
+                         "or a NAME from --policy_files, with an optional "
+                         "@kK and +BASELINE")
+  for spec in policies:
+    config = make_config(spec, 0)
+    try:
+      policy_lib.make_policy(config.policy,
+                             space_lib.get_space(config.policy.space))
+    except (errors.DeepAAError, FileNotFoundError) as e:
+      raise app.UsageError(f"--policies: {spec!r}: "
+                           f"{config_lib.one_line(e)}") from e
+  return policies
+
+
+def run_all(policies):
+  """Trains every (policy, seed) not yet recorded; returns (rows, settings)."""
+  policies = check_policies(policies)
   root = pathlib.Path(FLAGS.workdir)
   record_path = pathlib.Path(FLAGS.record)
   probe = make_config("none", 0)
@@ -369,6 +444,8 @@ def run_all(policies):
           train.train(make_config(policy, seed), workdir, dataset=dataset)
         r = json.loads(results.read_text())
         row = {"key": key, "policy": policy, "seed": seed,
+               "first_layers": parse_policy(policy)[1],
+               "then": parse_policy(policy)[2],
                "test_accuracy": r["test_accuracy"],
                "test_loss": r["test_loss"],
                "train_accuracy": r.get("train_accuracy"),
