@@ -116,7 +116,7 @@ def policy_config() -> ml_collections.ConfigDict:
   c.num_layers = 6  # K for kind="deepta" (paper §4.4: 6 uniform layers).
   c.space = "cifar"  # transform set the policy is over: "cifar" or "imagenet".
   c.first_layers = 0  # keep the first k layers (Table 5 depth ablation); 0 = all.
-  c.then = ""  # baseline after the policy's layers (§4.3 DeepAA-simple); "" = none.
+  c.then = ""  # baseline after the policy's layers (§4.4 DeepAA-simple); "" = none.
   c.lock()  # a typo inside a config file fails like one on the command line
   return c
 
@@ -690,6 +690,11 @@ def _validate_search(config) -> None:
     if section == "evaluate":  # the policy file is the search's output
       cfg.policy.kind, cfg.policy.path = "none", ""
     _validate_train(cfg, prefix=f"config.{section}")
+  first_layers = config.evaluate.policy.first_layers
+  if config.evaluate.enabled and first_layers > s.num_layers:
+    raise errors.ConfigError(
+        f"config.evaluate.policy.first_layers={first_layers} but the search "
+        f"finds config.search.num_layers={s.num_layers} layer(s)")
 
 
 # ---------------------------------------------------------------------------

@@ -648,7 +648,9 @@ def variant(policy: Policy, config) -> Policy:
 
 
 def truncate(policy: Policy, num_layers: int) -> Policy:
-  """The policy's first `num_layers` layers (paper Table 5, depth ablation).
+  """The policy's first `num_layers` layers (paper §4.4, Table 5: the depth
+  ablation; layers 1..k of a layer-by-layer search are what a k-layer
+  search finds).
 
   Args:
     policy: K layers.
@@ -671,8 +673,8 @@ def truncate(policy: Policy, num_layers: int) -> Policy:
 
 
 def followed_by(policy: Policy, kind: str) -> Policy:
-  """The policy, then the baseline `kind`'s layers (paper §4.3: DeepAA-simple
-  is one searched layer followed by the default augmentation).
+  """The policy, then the baseline `kind`'s layers (paper §4.4, Fig. 2:
+  DeepAA-simple is one searched layer followed by the default augmentation).
 
   The baseline's one-hot layers are appended, so `apply_policy` applies them
   per example after the policy's layers exactly as the baseline alone would.

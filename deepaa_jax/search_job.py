@@ -441,6 +441,19 @@ def write_outputs(workdir, result: Mapping[str, Any], config) -> Dict[str, str]:
   return paths
 
 
+def evaluate_config(config, policy_path):
+  """The `job="train"` config that evaluates a search's found policy:
+  `config.evaluate` with the policy file at `policy_path` (kind "file", the
+  search's space). The section's policy.first_layers and policy.then are
+  kept: DeepAA-simple (configs/cifar10_cpu_simple.py) evaluates the found
+  layer followed by standard_cutout."""
+  cfg = config_lib.train_job_config(config.evaluate, config.input)
+  cfg.policy.kind = "file"
+  cfg.policy.path = str(policy_path)
+  cfg.policy.space = config.search.space
+  return cfg
+
+
 def run(config, workdir) -> Dict[str, Any]:
   """Pretrain -> search layers 1..K -> write the policy -> (evaluate).
 
@@ -481,10 +494,7 @@ def run(config, workdir) -> Dict[str, Any]:
          "probs": result["probs"], "costs": result["costs"],
          "pretrain": pre_metrics, "paths": paths}
   if config.evaluate.enabled:
-    cfg = config_lib.train_job_config(config.evaluate, config.input)
-    cfg.policy.kind = "file"
-    cfg.policy.path = out["policy_path"]
-    cfg.policy.space = config.search.space
+    cfg = evaluate_config(config, out["policy_path"])
     out["evaluate"] = train_lib.train_and_evaluate(cfg, workdir / "evaluate")
   if jax.process_index() == 0:
     summary = {k: v for k, v in out.items() if k != "probs"}

@@ -26,7 +26,7 @@ evaluated on the full 10,000-image test set. Policies:
                    ablation), e.g. deepaa_cifar_1@k3
   NAME+BASELINE    any of these followed by a baseline made of layers
                    (config.policy.then: standard, standard_cutout,
-                   trivialaugment), e.g. DeepAA-simple (paper §4.3), one
+                   trivialaugment), e.g. DeepAA-simple (paper §4.4), one
                    searched layer then crop, flip and Cutout:
                    found@k1+standard_cutout (both suffixes: @k first)
 

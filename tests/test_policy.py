@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from deepaa_jax import ops
 from deepaa_jax import plots
 from deepaa_jax import policy as P
 from deepaa_jax import space as S
@@ -320,3 +321,120 @@ def test_search_history_plot_has_the_watched_reward_row(tmp_path):
     path = plots.search_history(tmp_path / f"{name}.png", records)
     heights[name] = mpimg.imread(path).shape[0]
   assert heights["watched"] > 1.7 * heights["plain"]  # two rows, not one
+
+
+# --------------------------------------------------------------------------
+# Variants: the first k layers, then a baseline (config.policy.first_layers,
+# config.policy.then; paper §4.4 Table 5 and DeepAA-simple).
+# --------------------------------------------------------------------------
+
+
+def _variant_config(kind="deepta", **fields):
+  return ml_collections.ConfigDict(dict(
+      {"kind": kind, "path": "", "num_layers": 4, "first_layers": 0,
+       "then": ""}, **fields))
+
+
+def test_then_appends_the_baselines_layers():
+  rng = np.random.default_rng(0)
+  probs = rng.dirichlet(np.ones(CIFAR.size), size=2)
+  found = P.Policy(probs, "cifar", "found")
+  for kind, ops in (("standard", ["RandCrop", "RandFlip"]),
+                    ("standard_cutout", ["RandCrop", "RandFlip",
+                                         "RandCutout"])):
+    out = P.followed_by(found, kind)
+    assert out.num_layers == 2 + len(ops)
+    np.testing.assert_array_equal(out.probs[:2], probs)
+    np.testing.assert_array_equal(out.probs[2:],
+                                  P.baseline(kind, CIFAR).probs)
+    # One-hot rows on the baseline's ops, in its order.
+    assert [out.top(k, 1)[0][1] for k in range(2, out.num_layers)] == ops
+    np.testing.assert_array_equal(out.probs[2:].max(axis=1), 1.0)
+    assert out.name == f"found+{kind}" and out.metadata["then"] == kind
+  # From a config: K + 3 layers, the last three standard_cutout's.
+  policy = P.make_policy(_variant_config(then="standard_cutout"), CIFAR)
+  assert policy.num_layers == 4 + 3
+  np.testing.assert_allclose(policy.probs[:4], 1 / CIFAR.size)
+  np.testing.assert_array_equal(
+      policy.probs[4:], P.baseline("standard_cutout", CIFAR).probs)
+  # ImageNet: the baseline of the policy's own space.
+  imagenet = S.imagenet_space()
+  inet = P.followed_by(P.baseline("deepta", imagenet, num_layers=1),
+                       "standard")
+  np.testing.assert_array_equal(inet.probs[1:],
+                                P.baseline("standard", imagenet).probs)
+
+
+def test_first_layers_keeps_exactly_the_first_k_rows():
+  probs = np.random.default_rng(1).dirichlet(np.ones(CIFAR.size), size=5)
+  found = P.Policy(probs, "cifar", "found")
+  for k in range(1, 6):
+    out = P.truncate(found, k)
+    assert out.probs.shape == (k, CIFAR.size)
+    np.testing.assert_array_equal(out.probs, probs[:k])
+    assert (out.metadata["first_layers"], out.metadata["source_layers"]) == (
+        k, 5)
+  # Truncation comes before `then`: first k rows, then the baseline's.
+  policy = P.make_policy(_variant_config(first_layers=2, then="standard"),
+                         CIFAR)
+  assert policy.name == "deepta[:2]+standard"
+  np.testing.assert_array_equal(
+      policy.probs, np.concatenate([np.full((2, CIFAR.size), 1 / CIFAR.size),
+                                    P.baseline("standard", CIFAR).probs]))
+  # 0 = all layers; unset fields (older configs) = all layers, nothing after.
+  assert P.make_policy(_variant_config(), CIFAR).num_layers == 4
+  plain = ml_collections.ConfigDict({"kind": "deepta", "path": "",
+                                     "num_layers": 4})
+  assert P.make_policy(plain, CIFAR).num_layers == 4
+
+
+def test_bad_variants_are_one_line_errors():
+  with pytest.raises(ValueError) as e:
+    P.make_policy(_variant_config(first_layers=5), CIFAR)
+  assert str(e.value) == ("config.policy.first_layers=5 but policy 'deepta' "
+                          "has 4 layer(s): keep 1..4 (0 = all)")
+  with pytest.raises(ValueError, match="has 0 layer"):  # "none": no layers
+    P.make_policy(_variant_config("none", first_layers=1), CIFAR)
+  for bad in ("cutout", "none", "deepta", "official"):
+    with pytest.raises(ValueError, match="config.policy.then must be one of"):
+      P.make_policy(_variant_config(then=bad), CIFAR)
+  with pytest.raises(ValueError, match="has 4"):
+    P.truncate(P.baseline("deepta", CIFAR, num_layers=4), 0)
+
+
+def test_apply_policy_with_then_is_the_policy_then_crop_and_flip_by_hand():
+  """A forced layer (Invert, deterministic) then "standard": every output is
+  Invert, then a pad-4 crop on a grey canvas, then maybe a horizontal flip,
+  built here in NumPy. Invert before the crop leaves the padding grey; the
+  other order would invert it too."""
+  forced = np.zeros((1, CIFAR.size))
+  forced[0, CIFAR.index_of("Invert")] = 1.0
+  policy = P.followed_by(P.Policy(forced, "cifar", "invert"), "standard")
+  images = np.concatenate([synthetic_images()] * 4)  # 24 images
+  out = np.asarray(jax.jit(lambda k, x: P.apply_policy(
+      k, x, policy, random_sign=True))(jax.random.key(7), images))
+
+  def crops(image):  # {(top, left, flipped): pad-4 crop, maybe flipped}
+    h, w = image.shape[:2]
+    padded = np.empty((h + 8, w + 8, 3), np.float32)
+    padded[:] = ops.GREY_FILL  # the official RandCrop's mean-colour canvas
+    padded[4:4 + h, 4:4 + w] = image
+    table = {}
+    for top in range(9):
+      for left in range(9):
+        crop = padded[top:top + h, left:left + w]
+        table[(top, left, False)], table[(top, left, True)] = (
+            crop, crop[:, ::-1])
+    return table
+
+  found = []
+  for o, image in zip(out, images.astype(np.float32)):
+    then_first = crops(255.0 - image)  # the policy, then crop and flip
+    hits = [k for k, c in then_first.items() if np.array_equal(o, c)]
+    assert hits, "not Invert followed by a crop and a flip"
+    found.append(hits[0])
+    if hits[0][:2] != (4, 4):  # padding visible: not crop, then Invert
+      assert not any(np.array_equal(o, 255.0 - c)
+                     for c in crops(image).values())
+  assert sum(t[:2] != (4, 4) for t in found) > 12
+  assert 0 < sum(t[2] for t in found) < len(found)
