@@ -18,14 +18,20 @@ TranslateX/Y and Rotate (§4.2; `random_sign`, as `config.train.random_sign`).
 Semantics are those of the JAX ops (`deepaa_jax.ops`, `deepaa_jax.space`),
 bit for bit on CIFAR (tests/test_pil.py forces the same transform and random
 parameters on both and compares every one of the 139 transforms on byte-exact
-CIFAR-10 images). The one op that can differ is the ImageNet RandResizeCrop:
-here Pillow computes its bicubic weights (float64), the JAX op computes them
-in float32 (|diff| <= 2 on a few pixels, docs/parity.md). Every pixel here is
+CIFAR-10 images, with either table of level values). The level values are
+the official evaluation's (m / 12 in float64, spec §4.1; `transform_table`'s
+`phase`), as training applies a policy (`Policy.space`); the search's float32
+table differs by one grey level on a few pixels of 8 transforms. The one op
+that can differ is the ImageNet RandResizeCrop: here Pillow computes its
+bicubic weights (float64), the JAX op computes them in float32 (|diff| <= 2
+on a few pixels, docs/parity.md). Every pixel here is
 computed by the very Pillow calls of the official code; this module only
 reproduces the transform table, the sampling and the draws.
 
-Dependencies: this file imports only NumPy and Pillow, and nothing from the
-project, so it can be copied on its own. That is why it keeps its own copy of
+Dependencies: this file imports only NumPy, Pillow and two JAX-free modules
+of the project: `deepaa_jax.policy_format`, the one validator of policy files
+(shared with `policy.load_policy`, so a file is refused alike everywhere, with
+`errors.PolicyFileError`), and `deepaa_jax.errors`. It keeps its own copy of
 the transform table (`_COMMON_OPS`, the level grid, the random ops) instead of
 importing `deepaa_jax.space`: `space` imports JAX, and a PyTorch DataLoader
 worker should need only NumPy and Pillow (no JAX import time, no accelerator
@@ -48,7 +54,6 @@ global `np.random` state only, not a `Generator` held by a transform.)
 """
 
 import dataclasses
-import json
 import math
 import os
 import pathlib
@@ -61,11 +66,16 @@ import PIL.ImageDraw
 import PIL.ImageEnhance
 import PIL.ImageOps
 
+from deepaa_jax import policy_format
+from deepaa_jax.errors import PolicyFileError
+
 # Fill of the official RandCrop canvas and of Cutout (uint8 RGB).
 GREY_FILL = (125, 123, 114)
 NUM_LEVELS = 13  # `l_mags`: levels 0..12, one identity level dropped.
 DUMMY_LEVEL = 6  # level recorded for ops without a magnitude.
 SPACES = ("cifar", "imagenet")
+# Which official code the level values follow (`transform_table`).
+PHASES = ("search", "evaluation")
 
 # (name, lo, hi, dropped level) in official op order (spec §1.1); dropped
 # None = no magnitude, "random" = random op (one entry each).
@@ -99,7 +109,6 @@ SIGNED_OPS = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
 RANDOM_OPS = ("RandFlip", "RandCutout", "RandCutout60", "RandCrop",
               "RandResizeCrop_imagenet")
 _CUTOUT_SIZE = {"RandCutout": 16, "RandCutout60": 60}
-_SUM_TOLERANCE = 1e-5  # rows must sum to 1 (official float32 files: ~1e-7)
 
 
 class Transform(NamedTuple):
@@ -109,19 +118,25 @@ class Transform(NamedTuple):
   value: float  # the op's argument, lo + (level / 12) (hi - lo)
 
 
-def transform_table(space: str) -> Tuple[Transform, ...]:
+def transform_table(space: str, *,
+                    phase: str = "evaluation") -> Tuple[Transform, ...]:
   """The 139 transforms of a search space in the official index order.
 
   Indices run op-major, then level ascending, skipping the identity level
-  (spec §1.2). value = lo + (m / 12) (hi - lo) with m / 12 rounded to float32
-  first, as the official search computes it; equal to
-  `deepaa_jax.space.get_space(space).values` (tested).
+  (spec §1.2). value = lo + (m / 12) (hi - lo), with m / 12 computed as the
+  official code of `phase` does: "evaluation" (the default: this module
+  applies policies as the official evaluation does) in float64, `mags / 12`
+  on the int array (spec §4.1); "search" in float32. Equal to
+  `deepaa_jax.space.get_space(space, phase=phase).values` (tested).
 
   Args:
     space: "cifar" or "imagenet".
+    phase: "evaluation" or "search".
   """
   if space not in _OPS:
     raise ValueError(f"unknown search space {space!r}; valid: {SPACES}")
+  if phase not in PHASES:
+    raise ValueError(f"unknown phase {phase!r}; valid: {PHASES}")
   table = []
   for name, lo, hi, dropped in _OPS[space]:
     if dropped is None or dropped == "random":
@@ -129,16 +144,20 @@ def transform_table(space: str) -> Tuple[Transform, ...]:
       continue
     for m in range(NUM_LEVELS):
       if m != dropped:
-        norm = float(np.float32(m) / np.float32(NUM_LEVELS - 1))
+        if phase == "search":
+          norm = float(np.float32(m) / np.float32(NUM_LEVELS - 1))
+        else:
+          norm = m / (NUM_LEVELS - 1)
         table.append(Transform(name, m, norm * (hi - lo) + lo))
   return tuple(table)
 
 
-def _table_of(space) -> Tuple[Transform, ...]:
-  """A transform table from a space name or a `SearchSpace`-like object
-  (anything with `op_names`, `ops`, `levels` and `values`)."""
+def _table_of(space, phase: str = "evaluation") -> Tuple[Transform, ...]:
+  """A transform table from a space name (with `phase`'s values) or a
+  `SearchSpace`-like object (anything with `op_names`, `ops`, `levels` and
+  `values`: its own values)."""
   if isinstance(space, str):
-    return transform_table(space)
+    return transform_table(space, phase=phase)
   return tuple(Transform(space.op_names[o], int(m), float(v))
                for o, m, v in zip(space.ops, space.levels, space.values))
 
@@ -332,27 +351,31 @@ def _as_pil(image) -> Tuple[PIL.Image.Image, bool]:
 
 
 def apply_transform(image, index: int, draws: Draws, *,
-                    space="cifar", sign: int = 1,
+                    space="cifar", phase: str = "evaluation", sign: int = 1,
                     resized_crop_size: Optional[Tuple[int, int]] = None):
   """Transform `index` of a space with explicit random parameters.
 
   The deterministic counterpart of `deepaa_jax.space.apply_transform`: given
-  the same draws (`space.layer_randomness(...).draws`) and sign (-1 where its
-  `flip_sign` is True), the two return the same pixels.
+  the same draws (`space.layer_randomness(...).draws`), sign (-1 where its
+  `flip_sign` is True) and level values (`phase`, or the space's own), the
+  two return the same pixels.
 
   Args:
     image: RGB PIL image or uint8[H, W, 3] array (other PIL modes are
       converted to RGB).
     index: 0..138.
     draws: the random parameters (see `Draws`).
-    space: "cifar", "imagenet" or a `SearchSpace`.
+    space: "cifar", "imagenet" or a `SearchSpace` (whose own level values
+      are used).
+    phase: the level values of a space given by name: "evaluation" (float64
+      m / 12, as the official evaluation) or "search" (float32 m / 12).
     sign: -1 negates the magnitude of the signed ops (see `apply_op`).
     resized_crop_size: see `apply_op`.
 
   Returns:
     The same type as `image`: a PIL image, or a uint8[H', W', 3] array.
   """
-  transform = _table_of(space)[index]
+  transform = _table_of(space, phase)[index]
   img, was_array = _as_pil(image)
   out = apply_op(img, transform.op, transform.value, draws, sign=sign,
                  resized_crop_size=resized_crop_size)
@@ -364,59 +387,41 @@ def apply_transform(image, index: int, draws: Draws, *,
 # --------------------------------------------------------------------------
 
 
+class _FormatTable(NamedTuple):
+  """A space as `policy_format` checks files against it."""
+  name: str
+  op_names: Tuple[str, ...]
+  ops: Tuple[int, ...]
+  levels: Tuple[int, ...]
+
+
+def _format_spaces():
+  """Space name -> `_FormatTable`, from this module's own table."""
+  spaces = {}
+  for name in SPACES:
+    op_names = tuple(op[0] for op in _OPS[name])
+    table = transform_table(name)
+    spaces[name] = _FormatTable(name, op_names,
+                                tuple(op_names.index(t.op) for t in table),
+                                tuple(t.level for t in table))
+  return spaces
+
+
 def _rows(probs, where: str) -> np.ndarray:
-  probs = np.asarray(probs, np.float64)
+  """float64[K, T] probabilities given as an array, checked by the rule of
+  the file validator (`policy_format.row_problem`) and renormalised."""
+  try:
+    probs = np.asarray(probs, np.float64)
+  except (TypeError, ValueError) as e:
+    raise PolicyFileError(f"{where}: probabilities must be a float[K, T] "
+                          f"array ({e})") from e
   if probs.ndim != 2:
-    raise ValueError(f"{where}: probabilities must be [K, T], got shape "
-                     f"{probs.shape}")
-  if probs.size and (not np.all(np.isfinite(probs)) or np.any(probs < 0)):
-    raise ValueError(f"{where}: probabilities must be finite and >= 0")
-  sums = probs.sum(axis=1)
-  bad = np.flatnonzero(np.abs(sums - 1.0) > _SUM_TOLERANCE)
-  if bad.size:
-    raise ValueError(f"{where}: layer(s) {[int(b) + 1 for b in bad]} sum to "
-                     f"{[float(sums[b]) for b in bad]}, not 1")
-  return probs / np.maximum(sums[:, None], 1e-300) if probs.size else probs
-
-
-def _load_json(path: pathlib.Path):
-  """(probs, space name, name) of a `policy.save_policy` JSON file."""
-  doc = json.loads(path.read_text(encoding="utf-8-sig"))
-  if not isinstance(doc, dict) or doc.get("space") not in SPACES:
-    raise ValueError(f"{path}: not a deepaa-jax policy file (no 'space' in "
-                     f"{SPACES})")
-  table = transform_table(doc["space"])
-  listed = [(t.get("op"), t.get("level")) for t in doc.get("transforms", [])]
-  if listed != [(t.op, t.level) for t in table]:
-    raise ValueError(f"{path}: its 'transforms' do not match the "
-                     f"{doc['space']} table (spec §1.2)")
-  rows = [np.asarray(layer["probs"], np.float64)
-          for layer in doc.get("layers", [])]
-  if any(row.shape != (len(table),) for row in rows):
-    raise ValueError(f"{path}: every layer needs {len(table)} probabilities")
-  probs = np.stack(rows) if rows else np.zeros((0, len(table)))
-  return probs, doc["space"], str(doc.get("name", path.stem))
-
-
-def _load_npz(path: pathlib.Path):
-  """(probs, space name, name) of one of the authors' npz files (spec §3.1).
-
-  As `policy.load_official_npz` (default `cutout60=True`): op 16, named
-  'RandCutout' in the shipped ImageNet files, is the 60 px cutout.
-  """
-  with np.load(path, allow_pickle=False) as data:
-    names = [str(n).split(":")[0] for n in data["op_names"]]
-    ops, mags = data["ops"].reshape(-1), data["mags"].reshape(-1)
-    probs = np.asarray(data["policy_probs"], np.float64)
-  space = "imagenet" if names[-1] == "RandResizeCrop_imagenet" else "cifar"
-  if space == "imagenet" and names[16] == "RandCutout":
-    names[16] = "RandCutout60"
-  table = transform_table(space)
-  if ([names[o] for o in ops] != [t.op for t in table] or
-      mags.tolist() != [t.level for t in table]):
-    raise ValueError(f"{path}: its ops/mags/op_names do not match the {space} "
-                     "table (spec §1.2)")
-  return probs, space, path.stem.replace("policy_DeepAA_", "deepaa_")
+    raise PolicyFileError(f"{where}: probabilities must be [K, T], got shape "
+                          f"{probs.shape}")
+  problem = policy_format.row_problem(probs)
+  if problem:
+    raise PolicyFileError(f"{where}: {problem}")
+  return probs / probs.sum(axis=1, keepdims=True) if probs.size else probs
 
 
 # --------------------------------------------------------------------------
@@ -471,26 +476,34 @@ class DeepAAPolicy:
       probs, table = policy.probs, _table_of(policy.space)
       self.space_name = str(policy.space.name)
       self.name = str(getattr(policy, "name", "policy"))
-      if space is not None and space != self.space_name:
-        raise ValueError(f"policy is over the {self.space_name!r} space, "
-                         f"not {space!r}")
+      where = f"policy {self.name!r}"
     elif isinstance(policy, (str, os.PathLike)):
+      # The one validator of policy files (as `policy.load_policy` and
+      # `load_official_npz`): a bad file is a PolicyFileError naming it.
       path = pathlib.Path(policy)
-      with path.open("rb") as f:
-        is_zip = f.read(2) == b"PK"
-      probs, self.space_name, self.name = (_load_npz(path) if is_zip else
-                                           _load_json(path))
-      if space is not None and space != self.space_name:
-        raise ValueError(f"{path}: policy is over the {self.space_name!r} "
-                         f"space, not {space!r}")
-      table = transform_table(self.space_name)
+      contents = policy_format.read(path, _format_spaces(), min_layers=1)
+      probs, self.space_name, self.name = (contents.probs, contents.space,
+                                           contents.name)
+      table, where = transform_table(self.space_name), str(path)
     else:
       self.space_name, self.name = space or "cifar", "policy"
+      if self.space_name not in SPACES:
+        raise PolicyFileError(f"unknown search space {self.space_name!r}; "
+                              f"valid: {SPACES}")
       probs, table = policy, transform_table(self.space_name)
-    self.probs = _rows(probs, f"policy {self.name!r}")
+      where = f"policy {self.name!r}"
+    if space is not None and space != self.space_name:
+      raise PolicyFileError(f"{where}: policy is over the "
+                            f"{self.space_name!r} space, not {space!r}")
+    self.probs = _rows(probs, where)
     if self.probs.shape[1] != len(table):
-      raise ValueError(f"policy has {self.probs.shape[1]} transforms per "
-                       f"layer; the {self.space_name} space has {len(table)}")
+      raise PolicyFileError(
+          f"{where}: policy has {self.probs.shape[1]} transforms per layer; "
+          f"the {self.space_name} space has {len(table)}")
+    if not self.probs.shape[0]:
+      raise PolicyFileError(
+          f"{where}: the policy has 0 layers; a policy to train with needs "
+          "at least one (for no augmentation, leave the transform out)")
     self.table = table
     self.seed = seed
     self.random_sign = bool(random_sign)

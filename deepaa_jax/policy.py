@@ -33,10 +33,7 @@ import datetime
 import importlib.metadata
 import io
 import json
-import math
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
-import zipfile
-import zlib
 
 from absl import logging
 import flax
@@ -45,21 +42,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from deepaa_jax import errors
+from deepaa_jax import policy_format
 from deepaa_jax import space as space_lib
 from deepaa_jax import utils
 from deepaa_jax.errors import PolicyFileError
 
 Array = jax.Array
 
-FORMAT = "deepaa-jax-policy/1"
+FORMAT = policy_format.FORMAT
 KINDS = ("none", "standard", "standard_cutout", "trivialaugment", "deepta",
          "official", "file")
 # Baselines that can follow a policy (`followed_by`, config.policy.then):
 # those made of fixed layers.
 THEN_KINDS = ("standard", "standard_cutout", "trivialaugment")
-# Rows must sum to one within this tolerance; the official float32 files are
-# within ~1.2e-7.
-_SUM_TOLERANCE = 1e-5
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -96,7 +91,12 @@ class Policy:
 
   @property
   def space(self) -> space_lib.SearchSpace:
-    return space_lib.get_space(self.space_name)
+    """The space with the official EVALUATION's level values (float64
+    m / 12, spec §4.1; `space.level_fractions`): a policy is applied
+    (`apply_policy`, training, previews, audits) as the official evaluation
+    applies it. The search keeps the float32 search table
+    (`space.get_space(name)`)."""
+    return space_lib.get_space(self.space_name, phase="evaluation")
 
   def __eq__(self, other):
     return (isinstance(other, Policy) and self.space_name == other.space_name
@@ -146,15 +146,11 @@ class Policy:
 
 
 def _check_rows(probs: np.ndarray, what: str) -> None:
-  if not np.all(np.isfinite(probs)):
-    raise ValueError(f"{what}: probabilities must be finite")
-  if np.any(probs < 0):
-    raise ValueError(f"{what}: probabilities must be non-negative")
-  sums = probs.sum(axis=1)
-  bad = np.flatnonzero(np.abs(sums - 1.0) > _SUM_TOLERANCE)
-  if bad.size:
-    raise ValueError(f"{what}: layer(s) {[int(b) + 1 for b in bad]} sum to "
-                     f"{[float(sums[b]) for b in bad]}, not 1")
+  """ValueError unless float64[K, T] `probs` are K distributions (the rule
+  of `policy_format.row_problem`, shared with the file validator)."""
+  problem = policy_format.row_problem(probs)
+  if problem:
+    raise ValueError(f"{what}: {problem}")
 
 
 def provenance(**extra) -> Dict[str, Any]:
@@ -245,68 +241,18 @@ def baseline(kind: str, space: space_lib.SearchSpace, *,
 # The authors' npz files.
 # --------------------------------------------------------------------------
 
-_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip (npz) archive, or empty
-_NPY_MAGIC = b"\x93NUMPY"
+def _format_spaces() -> Dict[str, space_lib.SearchSpace]:
+  """Space name -> space: the tables `policy_format` checks files against."""
+  return {name: space_lib.get_space(name) for name in ("cifar", "imagenet")}
 
 
-def _read_npz(path) -> Dict[str, np.ndarray]:
-  """Every array of the npz archive at `path` (`utils.as_path`: local or a
-  URI), read without pickles.
-
-  Raises:
-    FileNotFoundError: no such file.
-    PolicyFileError: the file is not an npz archive (a text or JSON file, a
-      single .npy array, a directory), or is truncated or corrupt; the
-      message names the file and what it is instead.
-  """
-  prefix = f"{path}: not a readable npz policy file"
-  if path.is_dir():
-    raise PolicyFileError(f"{prefix}: it is a directory")
-  try:
-    raw = path.read_bytes()
-  except FileNotFoundError:
-    raise
-  except OSError as e:
-    raise PolicyFileError(f"{prefix}: {e}") from e
-  head = raw[:64]
-  if head.startswith(_NPY_MAGIC):
-    raise PolicyFileError(f"{prefix}: it is a .npy file (one array); a policy "
-                          "npz holds several named arrays (np.savez)")
-  if not head.startswith(_ZIP_MAGIC):
-    if not head:
-      what = "the file is empty"
-    elif head.lstrip().startswith(b"{"):
-      what = ("it looks like a JSON policy (read it with load_policy, "
-              "config.policy.kind='file')")
-    else:
-      what = f"it starts with {head[:16]!r}, not a zip header"
-    raise PolicyFileError(f"{prefix}: not an npz archive; {what}")
-  try:
-    with np.load(io.BytesIO(raw), allow_pickle=False) as data:
-      return {k: np.asarray(data[k]) for k in data.files}
-  except (zipfile.BadZipFile, EOFError, zlib.error) as e:
-    raise PolicyFileError(f"{prefix}: the archive is truncated or corrupt "
-                          f"({type(e).__name__}: {e})") from e
-  except ValueError as e:  # object (pickled) arrays, malformed .npy headers
-    raise PolicyFileError(f"{prefix}: a member is not a plain array ({e})"
-                          ) from e
-  except Exception as e:  # anything else a damaged archive raises
-    raise PolicyFileError(f"{prefix}: {type(e).__name__}: {e}") from e
-
-
-def _scalar_int(value: np.ndarray) -> Optional[int]:
-  """The integer in a one-element numeric array (18, 18.0), else None."""
-  if value.size != 1 or value.dtype.kind not in "iuf":
-    return None
-  number = value.reshape(()).item()
-  return int(number) if float(number).is_integer() else None
-
-
-def load_official_npz(path, *, cutout60: bool = True) -> Policy:
+def load_official_npz(path, *, cutout60: bool = True,
+                      min_layers: int = 0) -> Policy:
   """Reads one of the authors' `policy_DeepAA_*.npz` files (spec §3.1).
 
-  Validates the keys, shapes, `ops`/`mags` tables and op names against our
-  spaces and picks the space from op 17's name. The shipped ImageNet files
+  Validated by `policy_format.from_npz` (the validator `pil.DeepAAPolicy`
+  uses too): the keys, shapes, `ops`/`mags` tables and op names against our
+  spaces; the space is picked from op 17's name. The shipped ImageNet files
   name op 16 "RandCutout" although the search code that produced them has
   "RandCutout60" (spec §3.1): with `cutout60=True` (default, the paper's and
   the search code's reading) op 16 is the 60 px cutout of the ImageNet space;
@@ -316,75 +262,28 @@ def load_official_npz(path, *, cutout60: bool = True) -> Policy:
   Probabilities are float32 in the files; they are renormalised in float64
   (rows are ~1e-7 off; nothing is truncated).
 
+  Args:
+    path: the file (local or a URI, `utils.as_path`).
+    cutout60: see above.
+    min_layers: the fewest layers accepted (`make_policy` asks 1).
+
   Raises:
     FileNotFoundError: no such file.
     PolicyFileError: the file is not an npz archive (text, JSON, a .npy
       array, a directory), is truncated or corrupt, lacks keys, has fields of
-      the wrong shape or type, or does not match a search space; the message
-      names the file.
+      the wrong shape or type, does not match a search space, or has fewer
+      than `min_layers` layers; the message names the file.
   """
   path = utils.as_path(path)
-  contents = _read_npz(path)
-  required = ("policy_probs", "l_ops", "l_mags", "ops", "mags", "op_names")
-  missing = [k for k in required if k not in contents]
-  if missing:
-    raise PolicyFileError(f"{path}: missing keys {missing}; an official policy "
-                          f"file has {list(required)}")
-  op_names = contents["op_names"]
-  if (op_names.shape != (space_lib.NUM_OPS,) or
-      op_names.dtype.kind not in "US"):
-    raise PolicyFileError(f"{path}: op_names is {op_names.dtype}"
-                          f"{list(op_names.shape)}; expected the "
-                          f"{space_lib.NUM_OPS} op names (strings)")
-  names = [str(n).split(":")[0] for n in op_names]
-  space = (space_lib.imagenet_space() if names[-1] == "RandResizeCrop_imagenet"
-           else space_lib.cifar_space())
-  probs = contents["policy_probs"]
-  if probs.ndim != 2 or probs.shape[1] != space.size:
-    raise PolicyFileError(f"{path}: policy_probs has shape {probs.shape}; "
-                          f"expected [K, {space.size}]")
-  if probs.dtype.kind not in "fiu":
-    raise PolicyFileError(f"{path}: policy_probs has dtype {probs.dtype}; "
-                          "expected floating-point probabilities")
-  l_ops, l_mags = (_scalar_int(contents[k]) for k in ("l_ops", "l_mags"))
-  if l_ops != len(space.op_names) or l_mags != space_lib.NUM_LEVELS:
-    found = ", ".join(
-        f"{k}={v}" if v is not None else
-        f"{k} is {contents[k].dtype}{list(contents[k].shape)}"
-        for k, v in (("l_ops", l_ops), ("l_mags", l_mags)))
-    raise PolicyFileError(f"{path}: {found}; expected integers "
-                          f"{len(space.op_names)} and {space_lib.NUM_LEVELS}")
-  if (contents["ops"].reshape(-1).tolist() != list(space.ops) or
-      contents["mags"].reshape(-1).tolist() != list(space.levels)):
-    raise PolicyFileError(f"{path}: the ops/mags tables do not match the "
-                          f"canonical 139-transform order (spec §1.2)")
-  expected = list(space.op_names)
-  decision = None
-  if space.name == "imagenet" and names[16] == "RandCutout":
-    if not cutout60:
-      raise PolicyFileError(
-          f"{path}: op 16 is named 'RandCutout' (16 px) in an ImageNet file; "
-          "pass cutout60=True to read it as the 60 px cutout of the search "
-          "code and the paper")
-    decision = ("op 16 named 'RandCutout' in an ImageNet file is read as "
-                "RandCutout60 (60 px), per the paper and the search code "
-                "(spec §3.1)")
-    logging.warning("%s: %s", path.name, decision)
-    names[16] = "RandCutout60"
-  if names != expected:
-    raise PolicyFileError(f"{path}: op names {names} do not match the "
-                          f"{space.name} space {expected}")
-  probs = probs.astype(np.float64)
-  try:
-    _check_rows(probs, what=str(path))
-  except ValueError as e:
-    raise PolicyFileError(str(e)) from e
-  probs = probs / probs.sum(axis=1, keepdims=True)
+  contents = policy_format.from_npz(
+      policy_format.read_npz(path), str(path), _format_spaces(),
+      name=policy_format.official_name(path.stem), cutout60=cutout60,
+      min_layers=min_layers)
   meta = provenance(source=f"official npz: {path.name}")
-  if decision:
-    meta["op16_decision"] = decision
-  return Policy(probs, space.name, "deepaa_" + path.stem.replace(
-      "policy_DeepAA_", ""), meta)
+  if contents.decision:
+    logging.warning("%s: %s", path.name, contents.decision)
+    meta["op16_decision"] = contents.decision
+  return Policy(contents.probs, contents.space, contents.name, meta)
 
 
 def save_official_npz(path, policy: Policy):
@@ -465,118 +364,35 @@ def save_policy(path, policy: Policy):
   return utils.write_bytes(path, to_json(policy), make_parents=True)
 
 
-def _short(value, limit: int = 60) -> str:
-  """repr(value), cut to `limit` characters for a one-line message."""
-  text = repr(value)
-  return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def _read_json(path):
-  """The JSON document at `path` (`utils.as_path`: local or a URI).
-
-  Raises:
-    FileNotFoundError: no such file.
-    PolicyFileError: a directory, not UTF-8 text (binary, or an npz), or not
-      valid JSON; the message names the file.
-  """
-  if path.is_dir():
-    raise PolicyFileError(f"{path}: not a JSON policy file: it is a directory")
-  raw = path.read_bytes()
-  try:
-    text = raw.decode("utf-8-sig")
-  except UnicodeDecodeError as e:
-    what = ("it is a zip/npz archive (read an official npz with "
-            "load_official_npz, config.policy.kind='official')"
-            if raw.startswith(_ZIP_MAGIC) else "binary data")
-    raise PolicyFileError(f"{path}: not a JSON policy file: not UTF-8 text "
-                          f"(byte {e.start} is {raw[e.start]:#04x}); {what}"
-                          ) from e
-  try:
-    return json.loads(text)
-  except json.JSONDecodeError as e:
-    raise PolicyFileError(f"{path}: not valid JSON (truncated or corrupt?): "
-                          f"{e}") from e
-
-
-def load_policy(path, *, space_name: Optional[str] = None) -> Policy:
+def load_policy(path, *, space_name: Optional[str] = None,
+                min_layers: int = 0) -> Policy:
   """Reads a JSON policy written by `save_policy`.
+
+  Validated by `policy_format.from_json` (the validator `pil.DeepAAPolicy`
+  uses too). Layers are taken in the order of their "layer" fields.
+
+  Args:
+    path: the file (local or a URI, `utils.as_path`).
+    space_name: the space the policy must be over; None accepts any.
+    min_layers: the fewest layers accepted (`make_policy` asks 1: no
+      augmentation is the baseline "none", not an empty file).
 
   Raises:
     FileNotFoundError: no such file.
     PolicyFileError: the file is not UTF-8 JSON (binary, an npz, truncated),
-      lacks fields or has fields of the wrong type, names an unknown space,
-      disagrees with the space's transform table, or has rows that are not
-      probability distributions; or it is over another space than
+      lacks fields or has fields of the wrong type (probabilities that are
+      strings or lists), names an unknown space, disagrees with the space's
+      transform table, has a `num_layers` or "layer" fields that disagree
+      with its layer list, has rows that are not probability distributions
+      or fewer than `min_layers` layers; or it is over another space than
       `space_name` (when given). The message names the file and the entry.
   """
   path = utils.as_path(path)
-  doc = _read_json(path)
-  if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-    raise PolicyFileError(f"{path}: not a {FORMAT} policy file (format="
-                          f"{doc.get('format') if isinstance(doc, dict) else None!r})")
-  for field in ("space", "num_transforms", "layers", "transforms"):
-    if field not in doc:
-      raise PolicyFileError(f"{path}: missing field {field!r}")
-  if not isinstance(doc["space"], str):
-    raise PolicyFileError(f"{path}: 'space' must be a space name (a string), "
-                          f"got {_short(doc['space'])}")
-  try:
-    space = space_lib.get_space(doc["space"])
-  except ValueError as e:
-    raise PolicyFileError(f"{path}: {e}") from e
-  if space_name is not None and doc["space"] != space_name:
-    raise PolicyFileError(f"{path}: policy is over the {doc['space']!r} space, "
-                          f"expected {space_name!r}")
-  transforms, layers = doc["transforms"], doc["layers"]
-  for field, value in (("transforms", transforms), ("layers", layers)):
-    if not isinstance(value, list):
-      raise PolicyFileError(f"{path}: {field!r} must be a list, got "
-                            f"{type(value).__name__} {_short(value)}")
-  num_transforms = doc["num_transforms"]
-  if not isinstance(num_transforms, int) or isinstance(num_transforms, bool):
-    raise PolicyFileError(f"{path}: 'num_transforms' must be an integer, got "
-                          f"{_short(num_transforms)}")
-  if num_transforms != space.size:
-    raise PolicyFileError(f"{path}: the file declares {num_transforms} "
-                          f"transforms (num_transforms); the {space.name} "
-                          f"space has {space.size}")
-  if len(transforms) != space.size:
-    raise PolicyFileError(f"{path}: 'transforms' lists {len(transforms)} "
-                          f"transforms; the {space.name} space has "
-                          f"{space.size}")
-  for i, t in enumerate(transforms):
-    op, level = space.op_names[space.ops[i]], space.levels[i]
-    if (not isinstance(t, dict) or t.get("op") != op or
-        t.get("level") != level):
-      raise PolicyFileError(
-          f"{path}: transform {i} is {_short(t)}, expected an object with "
-          f"op={op!r}, level={level} ({space.transform_name(i)})")
-  rows = []
-  for k, layer in enumerate(layers):
-    if not isinstance(layer, dict) or not isinstance(layer.get("probs"), list):
-      raise PolicyFileError(f"{path}: layer {k + 1} is {_short(layer)}, "
-                            "expected an object with a 'probs' list")
-    try:
-      row = np.asarray(layer["probs"], np.float64)
-    except (TypeError, ValueError) as e:
-      raise PolicyFileError(f"{path}: layer {k + 1}: 'probs' is not a list of "
-                            f"numbers ({e})") from e
-    if row.shape != (space.size,):
-      raise PolicyFileError(f"{path}: layer {k + 1} has {row.size} "
-                            f"probabilities, expected {space.size}")
-    rows.append(row)
-  probs = np.stack(rows) if rows else np.zeros((0, space.size))
-  name, metadata = doc.get("name", path.stem), doc.get("metadata", {})
-  if not isinstance(name, str):
-    raise PolicyFileError(f"{path}: 'name' must be a string, got "
-                          f"{_short(name)}")
-  if not isinstance(metadata, dict):
-    raise PolicyFileError(f"{path}: 'metadata' must be an object, got "
-                          f"{type(metadata).__name__} {_short(metadata)}")
-  try:
-    return Policy(probs, space.name, name, metadata)
-  except ValueError as e:
-    raise PolicyFileError(f"{path}: {e}") from e
+  contents = policy_format.from_json(
+      policy_format.read_json(path), str(path), _format_spaces(),
+      space_name=space_name, min_layers=min_layers, default_name=path.stem)
+  return Policy(contents.probs, contents.space, contents.name,
+                contents.metadata)
 
 
 # --------------------------------------------------------------------------
@@ -610,8 +426,9 @@ def make_policy(config, space: space_lib.SearchSpace) -> Policy:
     path = utils.as_path(config.path)
     if not path.is_file():
       raise FileNotFoundError(f"config.policy.path: no policy file at {path}")
-    policy = (load_official_npz(path) if kind == "official" else
-              load_policy(path))
+    # At least one layer: no augmentation is kind="none", not an empty file.
+    policy = (load_official_npz(path, min_layers=1) if kind == "official"
+              else load_policy(path, min_layers=1))
   else:
     policy = baseline(kind, space, num_layers=config.get("num_layers", 6))
   if policy.space_name != space.name:

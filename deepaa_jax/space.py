@@ -43,6 +43,8 @@ Array = jax.Array
 
 NUM_LEVELS = 13  # `l_mags` of the official code; the middle level is dropped.
 DUMMY_LEVEL = 6  # level recorded for ops without a magnitude.
+# Which official code a space's level values follow (`level_fractions`).
+PHASES = ("search", "evaluation")
 
 # Operation indices, shared by both spaces (spec §1.1).
 IDENTITY, SHEAR_X, SHEAR_Y, TRANSLATE_X, TRANSLATE_Y, ROTATE = range(6)
@@ -102,10 +104,17 @@ class SearchSpace:
     ops: op index of each transform, length |T|.
     levels: raw level 0..12 of each transform (6 for ops without magnitude).
     values: the value the op receives, lo + (level / 12) * (hi - lo), with
-      level / 12 rounded to float32 first as the official code does.
+      level / 12 computed as `phase`'s official code does
+      (`level_fractions`): in float32 for the search, in float64 for the
+      evaluation. The two tables differ by ~1e-8; after the float32 cast of
+      the device ops that changes 8 transforms by one grey level on a few
+      pixels (Contrast, Color m=8, 10; Brightness m=5, 8, 10; Sharpness m=8).
     cutout_size: 16 (CIFAR RandCutout) or 60 (ImageNet RandCutout60).
     resized_crop: False for CIFAR pad-4 RandCrop, True for the ImageNet
       one-attempt RandomResizedCrop (resized back to the input size).
+    phase: "search" (the search, `search.py`, and every `get_space` by
+      default) or "evaluation" (a policy applied to train a network:
+      `Policy.space`, hence `apply_policy`, training and `pil.DeepAAPolicy`).
   """
   name: str
   op_names: Tuple[str, ...]
@@ -115,6 +124,7 @@ class SearchSpace:
   values: Tuple[float, ...]
   cutout_size: int
   resized_crop: bool
+  phase: str = "search"
 
   @property
   def size(self) -> int:
@@ -212,8 +222,30 @@ def _dropped_level(space: SearchSpace, op: int):
   return ops_table[op][3]
 
 
+def level_fractions(phase: str) -> np.ndarray:
+  """float64[13]: level m / 12 for m = 0..12, as `phase`'s official code
+  computes it.
+
+  "search": in float32, `mags.astype(np.float32) / float(l_mags - 1)`
+  (`DeepAA_search.py`), then `mag * (hi - lo) + lo` in float64.
+  "evaluation": in float64, `mags[n] / (l_mags - 1)` on the int array
+  (`deep_autoaugment.py:478-502`, spec §4.1), then the same float64 formula.
+
+  Raises:
+    ValueError: an unknown phase.
+  """
+  m = np.arange(NUM_LEVELS)
+  if phase == "search":
+    return (m.astype(np.float32) / np.float32(NUM_LEVELS - 1)).astype(
+        np.float64)
+  if phase == "evaluation":
+    return m / (NUM_LEVELS - 1)
+  raise ValueError(f"unknown phase {phase!r}; valid: {PHASES}")
+
+
 def _build_space(name: str, op_table, cutout_size: int,
-                 resized_crop: bool) -> SearchSpace:
+                 resized_crop: bool, phase: str) -> SearchSpace:
+  fractions = level_fractions(phase)
   ops_list, levels, values = [], [], []
   for op, (_, lo, hi, dropped) in enumerate(op_table):
     if dropped is None or dropped == "random":
@@ -224,10 +256,7 @@ def _build_space(name: str, op_table, cutout_size: int,
     for m in range(NUM_LEVELS):
       if m == dropped:
         continue
-      # The official search normalises levels in float32
-      # (`mags.astype(np.float32) / float(l_mags - 1)`) and then computes
-      # `mag * (hi - lo) + lo` in float64.
-      norm = float(np.float32(m) / np.float32(NUM_LEVELS - 1))
+      norm = float(fractions[m])  # float32 (search) or float64 (evaluation)
       ops_list.append(op)
       levels.append(m)
       values.append(norm * (hi - lo) + lo)
@@ -240,18 +269,30 @@ def _build_space(name: str, op_table, cutout_size: int,
       values=tuple(values),
       cutout_size=cutout_size,
       resized_crop=resized_crop,
+      phase=phase,
   )
 
 
 @functools.lru_cache(maxsize=None)
-def cifar_space() -> SearchSpace:
-  """The 139-transform CIFAR space (RandCutout 16 px, pad-4 RandCrop)."""
-  return _build_space("cifar", _CIFAR_OPS, cutout_size=16, resized_crop=False)
+def _cached_space(name: str, phase: str) -> SearchSpace:
+  """One object per (name, phase), however the phase was passed."""
+  if name == "cifar":
+    return _build_space("cifar", _CIFAR_OPS, cutout_size=16,
+                        resized_crop=False, phase=phase)
+  return _build_space("imagenet", _IMAGENET_OPS, cutout_size=60,
+                      resized_crop=True, phase=phase)
 
 
-@functools.lru_cache(maxsize=None)
-def imagenet_space() -> SearchSpace:
-  """The 139-transform ImageNet space (RandCutout60, RandResizeCrop).
+def cifar_space(*, phase: str = "search") -> SearchSpace:
+  """The 139-transform CIFAR space (RandCutout 16 px, pad-4 RandCrop), with
+  the level values of `phase` ("search" or "evaluation", `level_fractions`).
+  """
+  return _cached_space("cifar", phase)
+
+
+def imagenet_space(*, phase: str = "search") -> SearchSpace:
+  """The 139-transform ImageNet space (RandCutout60, RandResizeCrop), with
+  the level values of `phase` (as `cifar_space`).
 
   Shapes are static in JAX, so images enter this space at a fixed S x S (the
   input pipeline's job) and RandResizeCrop resizes its box back to S x S. For
@@ -259,16 +300,22 @@ def imagenet_space() -> SearchSpace:
   applies the ops at each image's native resolution before a final centre
   crop (spec §2.12), which static shapes cannot express.
   """
-  return _build_space("imagenet", _IMAGENET_OPS, cutout_size=60,
-                      resized_crop=True)
+  return _cached_space("imagenet", phase)
 
 
-def get_space(name: str) -> SearchSpace:
-  """Space by name ('cifar' or 'imagenet'); ValueError otherwise."""
+def get_space(name: str, *, phase: str = "search") -> SearchSpace:
+  """Space by name ('cifar' or 'imagenet') with the level values of `phase`
+  ("search", the default, or "evaluation"; see `level_fractions`).
+
+  Raises:
+    ValueError: an unknown name or phase.
+  """
   spaces = {"cifar": cifar_space, "imagenet": imagenet_space}
   if name not in spaces:
     raise ValueError(f"unknown search space {name!r}; valid: {sorted(spaces)}")
-  return spaces[name]()
+  if phase not in PHASES:
+    raise ValueError(f"unknown phase {phase!r}; valid: {PHASES}")
+  return spaces[name](phase=phase)
 
 
 @functools.lru_cache(maxsize=None)

@@ -21,6 +21,7 @@ import pytest
 from scipy import stats
 
 from benchmarks import pil_reference as ref
+from deepaa_jax import errors
 from deepaa_jax import pil
 from deepaa_jax import policy as policy_lib
 from deepaa_jax import space as S
@@ -61,24 +62,46 @@ def _forced(space, images, seed):
 # --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("space", [CIFAR, IMAGENET], ids=lambda s: s.name)
-def test_transform_table_is_the_jax_spaces_table(space):
-  table = pil.transform_table(space.name)
+@pytest.mark.parametrize("phase", ["search", "evaluation"])
+@pytest.mark.parametrize("name", ["cifar", "imagenet"])
+def test_transform_table_is_the_jax_spaces_table(name, phase):
+  """Both tables of level values (issue 20, finding 13): the search's
+  (float32 m / 12) and the evaluation's (float64), as the JAX spaces."""
+  space = S.get_space(name, phase=phase)
+  table = pil.transform_table(name, phase=phase)
   assert [t.op for t in table] == [space.op_names[o] for o in space.ops]
   assert [t.level for t in table] == list(space.levels)
   assert [t.value for t in table] == list(space.values)  # exact float64
   assert pil._table_of(space) == table  # pylint: disable=protected-access
+  # The module's default is the official evaluation's table.
+  assert (pil.transform_table(name) == table) == (phase == "evaluation")
 
 
-def test_all_139_cifar_transforms_match_jax_bit_for_bit(exact_cifar):
+def test_deepaa_policy_applies_the_official_evaluation_values():
+  """DeepAAPolicy draws from the evaluation table: value = m / 12 * (hi - lo)
+  + lo in float64 (spec §4.1), e.g. Brightness m=8 receives 1.2999999999999998
+  (the search's float32 m / 12 gives 1.3000000357627868)."""
+  augment = pil.DeepAAPolicy(np.full((1, 139), 1 / 139), seed=0)
+  brightness8 = augment.table[CIFAR.index_of("Brightness", 8)]
+  assert brightness8.value == 8 / 12 * (1.9 - 0.1) + 0.1 == 1.2999999999999998
+  assert augment.table == pil.transform_table("cifar", phase="evaluation")
+  from_policy = pil.DeepAAPolicy(policy_lib.baseline("deepta", CIFAR))
+  assert from_policy.table == augment.table
+
+
+@pytest.mark.parametrize("phase", ["search", "evaluation"])
+def test_all_139_cifar_transforms_match_jax_bit_for_bit(phase, exact_cifar):
   """24 byte-exact CIFAR-10 images x 139 transforms, each pair with its own
-  draws and random sign (both signs occur for every signed transform)."""
-  out, draws, signs = _forced(CIFAR, exact_cifar, seed=0)
-  table = pil.transform_table("cifar")
+  draws and random sign (both signs occur for every signed transform), with
+  either table of level values."""
+  space = S.cifar_space(phase=phase)
+  out, draws, signs = _forced(space, exact_cifar, seed=0)
+  table = pil.transform_table("cifar", phase=phase)
   for a, image in enumerate(exact_cifar):
     for i in range(139):
       np.testing.assert_array_equal(
-          pil.apply_transform(image, i, draws[a][i], sign=signs[a, i]),
+          pil.apply_transform(image, i, draws[a][i], phase=phase,
+                              sign=signs[a, i]),
           out[a, i], err_msg=f"image {a} transform {i} {table[i]} "
           f"{draws[a][i]} sign {signs[a, i]}")
   signed = np.isin([t.op for t in table], pil.SIGNED_OPS)
@@ -99,6 +122,7 @@ def test_imagenet_transforms_match_jax(size, num, exact_cifar):
   for a, image in enumerate(images):
     for i in range(139):
       got = pil.apply_transform(image, i, draws[a][i], space="imagenet",
+                                phase="search",
                                 sign=signs[a, i]).astype(np.int32)
       if i < 138:
         np.testing.assert_array_equal(got, out[a, i], err_msg=f"{a} {i}")
@@ -112,13 +136,14 @@ def test_matches_the_independent_pillow_reference():
   """pil.py and benchmarks/pil_reference.py (two separate readings of the
   spec) agree on all 139 CIFAR transforms given the same draws."""
   rng = np.random.default_rng(0)
-  ref_table = ref.transform_table(ref.CIFAR_OPS)
+  ref_table = ref.transform_table(ref.CIFAR_OPS)  # the search's values
   for image in synthetic_images():
     for i in range(139):
       d = pil.sample_draws(rng, pil.transform_table("cifar")[i].op, 32, 32)
       rd = ref.Draws(flip=d.flip, cutout_center=d.cutout_center,
                      crop_offsets=d.crop_offsets)
-      np.testing.assert_array_equal(pil.apply_transform(image, i, d),
+      np.testing.assert_array_equal(pil.apply_transform(image, i, d,
+                                                        phase="search"),
                                     ref.apply_transform(image, i, rd,
                                                         ref_table))
 
@@ -132,11 +157,12 @@ def test_a_call_is_its_sampled_choices_applied_in_order(exact_cifar):
     np.testing.assert_array_equal(a(image), b.apply(image, b.sample(32, 32)))
   key, image = jax.random.key(7), exact_cifar[0]
   indices = [138, 55, 37, 137, 100, 136]
-  expected = np.asarray(S.apply_chain(key, image, jnp.asarray(indices), CIFAR,
-                                      random_sign=True))
+  # The policy's space: the evaluation table, as DeepAAPolicy's.
+  expected = np.asarray(S.apply_chain(key, image, jnp.asarray(indices),
+                                      p.space, random_sign=True))
   choices = []
   for k, index in enumerate(indices):
-    r = S.layer_randomness(jax.random.fold_in(key, k), 32, 32, CIFAR,
+    r = S.layer_randomness(jax.random.fold_in(key, k), 32, 32, p.space,
                            random_sign=True)
     choices.append(pil.Choice(index, pil.Draws(
         flip=bool(r.draws.flip),
@@ -217,11 +243,12 @@ def test_policy_sources_give_the_same_transform(tmp_path):
     augment = pil.DeepAAPolicy(source, seed=0)
     np.testing.assert_array_equal(augment.probs, p.probs)
     assert augment.space_name == "cifar" and augment.num_layers == 4
-  with pytest.raises(ValueError, match="imagenet"):
+  # Every refusal is the project's PolicyFileError (a ValueError).
+  with pytest.raises(errors.PolicyFileError, match="imagenet"):
     pil.DeepAAPolicy(path, space="imagenet")
-  with pytest.raises(ValueError, match="sum to"):
+  with pytest.raises(errors.PolicyFileError, match="sum to"):
     pil.DeepAAPolicy(np.full((1, 139), 0.5))
-  with pytest.raises(ValueError, match="138 transforms"):
+  with pytest.raises(errors.PolicyFileError, match="138 transforms"):
     pil.DeepAAPolicy(np.full((1, 138), 1 / 138))
 
 
@@ -299,26 +326,27 @@ def test_every_process_and_torch_worker_draws_its_own_stream(monkeypatch):
 
 
 def test_the_module_imports_only_numpy_and_pillow():
-  """pil.py loaded on its own, with JAX and torch blocked, augments an image
-  (what a DataLoader worker needs)."""
-  code = f"""
-import importlib.util, sys
+  """deepaa_jax.pil, with JAX and torch blocked, augments an image (what a
+  DataLoader worker needs); of the project it loads only the JAX-free policy
+  file validator (`policy_format`) and `errors`."""
+  code = """
+import sys
 sys.modules["jax"] = None  # any import of jax now fails
 sys.modules["torch"] = None
-spec = importlib.util.spec_from_file_location(
-    "deepaa_pil", {str(REPO / "deepaa_jax" / "pil.py")!r})
-mod = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(mod)
+from deepaa_jax import pil
 import numpy as np, PIL.Image
-out = mod.DeepAAPolicy(np.full((3, 139), 1 / 139), seed=0)(
+out = pil.DeepAAPolicy(np.full((3, 139), 1 / 139), seed=0)(
     PIL.Image.new("RGB", (32, 32), (10, 200, 30)))
 assert out.size == (32, 32)
-assert not any(m.startswith(("jax", "flax", "tensorflow", "deepaa_jax"))
-               for m in sys.modules if sys.modules[m] is not None)
+loaded = {m for m in sys.modules if sys.modules[m] is not None}
+assert not any(m.startswith(("jax", "flax", "tensorflow")) for m in loaded)
+project = {m for m in loaded if m.startswith("deepaa_jax")}
+assert project == {"deepaa_jax", "deepaa_jax.pil", "deepaa_jax.policy_format",
+                   "deepaa_jax.errors"}, project
 print("ok")
 """
   result = subprocess.run([sys.executable, "-c", code], capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, cwd=REPO)
   assert result.returncode == 0 and "ok" in result.stdout, result.stderr
 
 

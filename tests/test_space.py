@@ -8,6 +8,7 @@ import pytest
 
 from benchmarks import pil_reference as ref
 from deepaa_jax import ops
+from deepaa_jax import policy as policy_lib
 from deepaa_jax import space as S
 from tests.conftest import OFFICIAL_POLICIES, synthetic_images
 
@@ -263,3 +264,98 @@ def test_bad_method_is_a_clear_error():
   with pytest.raises(ValueError, match="method must be"):
     S.apply_transform(jax.random.key(0), jnp.zeros((8, 8, 3)), 0, CIFAR,
                       method="fast")
+
+
+# --------------------------------------------------------------------------
+# Level values by phase (issue 20, finding 13): the official search computes
+# m / 12 in float32, the official evaluation in float64 (spec §4.1).
+# --------------------------------------------------------------------------
+
+# The transforms whose pixels the two tables change (issue 20): Contrast,
+# Color m=8, 10; Brightness m=5, 8, 10; Sharpness m=8.
+_PHASE_SENSITIVE = [95, 97, 107, 109, 117, 119, 121, 131]
+
+
+def _official_evaluation_table(ops_table):
+  """(op, level, value) as the official evaluation computes them, written
+  independently: `mags / (l_mags - 1)` on the int array, then
+  `level * (hi - lo) + lo`, all in float64 (spec §4.1)."""
+  table = []
+  for name, lo, hi, dropped in ops_table:
+    if dropped is None or dropped == "random":
+      table.append((name, 6, 0.0))
+      continue
+    mags = np.asarray([m for m in range(13) if m != dropped], np.int32)
+    for m, level in zip(mags, mags / (13 - 1)):
+      table.append((name, int(m), float(level * (hi - lo) + lo)))
+  return table
+
+
+def test_each_phase_has_the_official_codes_values():
+  """Search: the float32 table of the reference (`pil_reference`); the
+  evaluation: float64 m / 12. The default stays the search's."""
+  assert S.get_space("cifar") is CIFAR and CIFAR.phase == "search"
+  for name, ops_table in (("cifar", ref.CIFAR_OPS),
+                          ("imagenet", ref.IMAGENET_OPS)):
+    search = S.get_space(name, phase="search")
+    evaluation = S.get_space(name, phase="evaluation")
+    assert evaluation.phase == "evaluation"
+    assert evaluation.ops == search.ops and evaluation.levels == search.levels
+    assert list(search.values) == [t[2] for t in ref.transform_table(
+        ops_table)]
+    assert list(evaluation.values) == [
+        t[2] for t in _official_evaluation_table(ops_table)]
+    assert evaluation.values != search.values
+  with pytest.raises(ValueError, match="unknown phase"):
+    S.get_space("cifar", phase="train")
+
+
+@pytest.mark.parametrize("phase", ["search", "evaluation"])
+def test_both_tables_match_pillow_at_the_values_that_differ(phase,
+                                                            test_images):
+  """Every transform whose value differs between the phases, on byte-exact
+  CIFAR-10 images (when present): the JAX ops with `phase`'s table equal
+  Pillow given that phase's official values."""
+  space = S.cifar_space(phase=phase)
+  other = S.cifar_space(phase=("search" if phase == "evaluation" else
+                               "evaluation"))
+  table = (ref.transform_table(ref.CIFAR_OPS) if phase == "search" else
+           _official_evaluation_table(ref.CIFAR_OPS))
+  indices = [i for i in range(139) if space.values[i] != other.values[i]]
+  assert set(_PHASE_SENSITIVE) <= set(indices)
+  images = jnp.asarray(test_images, jnp.float32)
+  out = np.asarray(jax.jit(jax.vmap(jax.vmap(
+      lambda x, i: S.apply_transform(jax.random.key(0), x, i, space),
+      in_axes=(None, 0)), in_axes=(0, None)))(images, jnp.asarray(indices)))
+  for n, image in enumerate(np.asarray(test_images)):
+    for j, i in enumerate(indices):
+      np.testing.assert_array_equal(
+          out[n, j], ref.apply_transform(image, i, ref.Draws(), table),
+          err_msg=f"{phase} image {n} transform {i} {space.transform_name(i)}")
+
+
+def test_the_evaluation_path_applies_the_evaluation_table(exact_cifar):
+  """`Policy.space` is the evaluation space, so `apply_policy` (training,
+  previews, audits) gives the official evaluation's pixels, which differ from
+  the search table's on byte-exact CIFAR-10 images; the search keeps its
+  float32 table (`get_space`)."""
+  evaluation = _official_evaluation_table(ref.CIFAR_OPS)
+  search = ref.transform_table(ref.CIFAR_OPS)
+  probs = np.zeros((1, 139))
+  probs[0, _PHASE_SENSITIVE] = 1 / len(_PHASE_SENSITIVE)
+  policy = policy_lib.Policy(probs, "cifar", "sensitive")
+  assert policy.space.phase == "evaluation"
+  images = np.tile(exact_cifar[:8], (8, 1, 1, 1))
+  key = jax.random.key(0)
+  out = np.asarray(policy_lib.apply_policy(key, images, policy))
+  k_index, _ = policy_lib._policy_keys(key)  # pylint: disable=protected-access
+  chosen = np.asarray(policy_lib.sample_indices(k_index, probs,
+                                                len(images)))[:, 0]
+  assert set(chosen) == set(_PHASE_SENSITIVE)
+  differs = 0
+  for x, i, y in zip(images, chosen, out):
+    np.testing.assert_array_equal(
+        y, ref.apply_transform(x, int(i), ref.Draws(), evaluation),
+        err_msg=f"transform {i}")
+    differs += (y != ref.apply_transform(x, int(i), ref.Draws(), search)).any()
+  assert differs, "the two tables agree on every image here"
