@@ -553,16 +553,30 @@ def _validate_train(config, prefix: str = "config") -> None:
         "space 'cifar'")
 
 
-def train_job_config(section, input_config) -> ml_collections.ConfigDict:
+def train_job_config(section, input_config, *,
+                     name: str = "") -> ml_collections.ConfigDict:
   """A `job="train"` config from a search config's `pretrain`/`evaluate`
   section (which carries no `input`: the search config's `input` governs
-  every stage)."""
+  every stage). `name` ("pretrain", "evaluate"; default: "evaluate" for a
+  section with `enabled`, else "pretrain") is where the user sets its
+  fields: the training run's messages name `config.<name>.train.batch_size`,
+  not `config.train.batch_size` (`section_of`)."""
   cfg = ml_collections.ConfigDict(section.to_dict())
   cfg.job = "train"
   cfg.input = ml_collections.ConfigDict(input_config.to_dict())
   if "enabled" in cfg:
     del cfg["enabled"]
+    name = name or "evaluate"
+  # An attribute, not a field: it changes no run identity or saved config.
+  object.__setattr__(cfg, "_deepaa_section", f"config.{name or 'pretrain'}")
   return cfg
+
+
+def section_of(config) -> str:
+  """Where the user sets the fields of a train config: "config", or
+  "config.pretrain" / "config.evaluate" for one built by `train_job_config`
+  from a search config's section."""
+  return getattr(config, "_deepaa_section", None) or "config"
 
 
 def _input_streams(i) -> bool:
@@ -622,7 +636,8 @@ def _validate_search_pools(config) -> None:
     raise errors.ConfigError(
         f"config.search.val_per_class={s.val_per_class} must be 0 or >= "
         f"config.search.val_batch={s.val_batch} (class-conditional validation "
-        "batches are drawn without replacement from one class)")
+        "batches are drawn without replacement from one class), or set "
+        "config.search.class_conditional=False")
   named = {"config.input.tfds_train_split (pretraining)": i.tfds_train_split,
            "config.search.search_pool": s.search_pool,
            "config.search.val_pool": s.val_pool}
@@ -674,6 +689,8 @@ def _validate_search(config) -> None:
   _check(s.loss_scale_stage_k >= 0, "config.search.loss_scale_stage_k",
          ">= 0 (0 = num_images)", s.loss_scale_stage_k)
   _one_of("config.search.data_split", s.data_split, SEARCH_DATA_SPLITS)
+  _check(isinstance(s.seed, int) and not isinstance(s.seed, bool) and
+         s.seed >= 0, "config.search.seed", "a non-negative integer", s.seed)
   _validate_search_pools(config)
   if s.data_parallel and jax.device_count() > 1:
     try:
@@ -686,7 +703,7 @@ def _validate_search(config) -> None:
   for section in ("pretrain", "evaluate"):
     if section == "evaluate" and not config.evaluate.enabled:
       continue
-    cfg = train_job_config(config[section], config.input)
+    cfg = train_job_config(config[section], config.input, name=section)
     if section == "evaluate":  # the policy file is the search's output
       cfg.policy.kind, cfg.policy.path = "none", ""
     _validate_train(cfg, prefix=f"config.{section}")
@@ -738,4 +755,41 @@ def unknown_override(config, argv: Sequence[str]) -> Optional[str]:
         hint = f"; did you mean {close[0]!r}?" if close else ""
         return f"{arg}: no field {field!r} in {'.'.join(parents)}{hint}"
       node, parents = node[field], parents + [field]
+  return None
+
+
+def bad_override_value(config, argv: Sequence[str]) -> Optional[str]:
+  """One line for the first `--config.*=value` whose value cannot be an
+  integer field's value, else None.
+
+  e.g. "--config.train.num_steps=1e12: config.train.num_steps is an
+  integer; write 1000000000000 (digits, no exponent or decimal point)",
+  where the flag parser would say "invalid literal for int()".
+  """
+  for arg, path in override_paths(argv):
+    if "=" not in arg:
+      continue
+    node = config
+    for field in path:
+      if not hasattr(node, "keys") or field not in node.keys():
+        node = None
+        break
+      node = node[field]
+    if not isinstance(node, int) or isinstance(node, bool):
+      continue
+    text = arg.split("=", 1)[1].strip()
+    try:
+      int(text)
+      continue
+    except ValueError:
+      pass
+    name = "config." + ".".join(path)
+    try:
+      number = float(text)
+    except ValueError:
+      number = None
+    if number is not None and math.isfinite(number) and number.is_integer():
+      return (f"{arg}: {name} is an integer; write {int(number)} (digits, no "
+              "exponent or decimal point)")
+    return f"{arg}: {name} must be an integer, got {text!r}"
   return None

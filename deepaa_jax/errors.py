@@ -28,6 +28,12 @@ class PolicyFileError(DeepAAError, ValueError):
   """A policy file is corrupt, truncated, or does not fit the search space."""
 
 
+class ArgumentError(DeepAAError, ValueError):
+  """A library function was asked an impossible question (a negative or
+  fractional step, a row outside the batch); the message names the
+  argument and its valid range."""
+
+
 class ImageContractError(DeepAAError, ValueError):
   """Images given to a public function break its contract (rank, channels,
   dtype, value range [0, 255], finiteness)."""

@@ -122,9 +122,7 @@ def _check_split(what: str, images, labels) -> Tuple[np.ndarray, np.ndarray]:
   if images.dtype != np.uint8:
     raise errors.DataError(
         f"{what} images must be uint8 in [0, 255], got dtype {images.dtype}. "
-        "Convert with np.clip(np.round(x), 0, 255).astype(np.uint8) (x in "
-        "[0, 255]); float images are not accepted because their range is "
-        "ambiguous.")
+        + _uint8_advice(images.dtype))
   if images.ndim != 4 or images.shape[-1] != 3:
     raise errors.DataError(
         f"{what} images must be 4-D NHWC with 3 channels, uint8[N, H, W, 3]; "
@@ -139,6 +137,50 @@ def _check_split(what: str, images, labels) -> Tuple[np.ndarray, np.ndarray]:
         f"{what} labels have {labels.shape[0]} entries but there are "
         f"{images.shape[0]} images.")
   return images, labels
+
+
+def _uint8_advice(dtype: np.dtype) -> str:
+  """How to bring images of `dtype` to uint8 without losing their range."""
+  if dtype.kind in "ui" and dtype.itemsize > 1:
+    bits = 8 * dtype.itemsize
+    return (f"Scale {bits}-bit data down, e.g. (x >> {bits - 8})"
+            ".astype(np.uint8) for the full range [0, "
+            f"{2 ** bits - 1}] (clipping to 255 would saturate it).")
+  return ("Convert with np.clip(np.round(x), 0, 255).astype(np.uint8) (x in "
+          "[0, 255]; scale first if not); float images are not accepted "
+          "because their range is ambiguous.")
+
+
+def check_num_classes(dataset, num_classes: int, *,
+                      field: str = "config.model.num_classes") -> int:
+  """The logits size of a model trained on `dataset`: `num_classes`, or the
+  dataset's class count when it is 0.
+
+  Args:
+    dataset: a `Dataset` (labels of every split held in memory) or a
+      streamed dataset (labels in [0, its `num_classes`), from the TFDS
+      label feature).
+    num_classes: the configured logits size (0: from the dataset).
+    field: the config field that set it, for the message.
+
+  Raises:
+    errors.DataError: a label is >= `num_classes`: the loss would index past
+      the logits (and end as "diverged"); the message names both.
+  """
+  num_classes = int(num_classes)
+  if not num_classes:
+    return int(dataset.num_classes)
+  splits = getattr(dataset, "splits", None)
+  if splits:
+    largest = max(int(np.max(s.labels)) for s in splits.values() if s.size)
+  else:
+    largest = int(dataset.num_classes) - 1
+  if largest >= num_classes:
+    raise errors.DataError(
+        f"{field}={num_classes} but dataset {dataset.name!r} has labels up to "
+        f"{largest} ({dataset.num_classes} classes): set {field}="
+        f"{dataset.num_classes}, or 0 to take it from the dataset")
+  return num_classes
 
 
 def _hexdigest(feed) -> str:

@@ -69,7 +69,8 @@ def _config_file(argv) -> str:
 
 
 def _unknown_override(argv) -> str:
-  """The first `--config.x.y=` naming no field of the config file, if any."""
+  """The first `--config.x.y=` naming no field of the config file, or giving
+  an integer field a value that is not an integer (`1e12`), if any."""
   path = _config_file(argv)
   if not path or not os.path.isfile(path.split(":", 1)[0]):
     return ""
@@ -77,7 +78,8 @@ def _unknown_override(argv) -> str:
     file_config = config_lib.load_config_file(path.split(":", 1)[0])
   except Exception:  # pylint: disable=broad-except
     return ""  # the file's own error is reported by the flag parser
-  return config_lib.unknown_override(file_config, argv) or ""
+  return (config_lib.unknown_override(file_config, argv) or
+          config_lib.bad_override_value(file_config, argv) or "")
 
 
 def parse_flags(argv):
@@ -92,7 +94,9 @@ def parse_flags(argv):
     return argv
   except (flags.Error, errors.DeepAAError, AttributeError, KeyError, OSError,
           TypeError, ValueError) as e:
-    sys.stderr.write(f"FATAL Flags parsing error: {config_lib.one_line(e)}\n")
+    # The one prefix of every user error (not absl's "FATAL Flags parsing
+    # error:"), as `main` prints the errors of a run.
+    sys.stderr.write(f"ERROR: {config_lib.one_line(e)}\n")
     sys.exit(1)
 
 

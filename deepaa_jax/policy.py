@@ -116,7 +116,8 @@ class Policy:
     """float64[K]: entropy of each layer in nats (uniform over 139: 4.934)."""
     p = self.probs
     with np.errstate(divide="ignore", invalid="ignore"):
-      return -np.sum(np.where(p > 0, p * np.log(p), 0.0), axis=1)
+      # + 0.0: a one-hot layer has entropy 0.0, not -0.0 ("-0.00 nats").
+      return -np.sum(np.where(p > 0, p * np.log(p), 0.0), axis=1) + 0.0
 
   def top(self, layer: int, k: int = 5):
     """The k most probable transforms of layer `layer` (0-based):

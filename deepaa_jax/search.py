@@ -196,8 +196,9 @@ def make_search_data(search, val, num_classes: int, *,
       raise ValueError(
           f"config.search.val_batch={val_batch} exceeds the validation images "
           f"of class(es) {short[:10]} (they have "
-          f"{[int(v_counts[c]) for c in short[:10]]}); lower val_batch or use "
-          "a larger validation pool.")
+          f"{[int(v_counts[c]) for c in short[:10]]}); lower val_batch, use "
+          "a larger validation pool, or set "
+          "config.search.class_conditional=False.")
   (search_images, search_labels), (val_images, val_labels) = (
       pools["search"], pools["validation"])
   return SearchData(jnp.asarray(search_images), jnp.asarray(search_labels),

@@ -304,8 +304,27 @@ def step_keys(run_key: Array, step: Array) -> Tuple[Array, Array]:
   return jax.random.fold_in(k, 0), jax.random.fold_in(k, 1)
 
 
+def _index_arg(value, name: str, *, below: Optional[int] = None,
+               below_name: str = "") -> int:
+  """`value` as an int, if it is a non-negative integer (and < `below`).
+
+  Raises:
+    errors.ArgumentError: a bool, a float (1.5 is not read as 1, nor 2.0 as
+      2), a negative number, or `value >= below`; one line naming `name`.
+  """
+  if isinstance(value, (bool, np.bool_)) or not isinstance(
+      value, (int, np.integer)):
+    raise errors.ArgumentError(f"{name} must be a non-negative integer, got "
+                               f"{value!r} ({type(value).__name__})")
+  if value < 0 or (below is not None and value >= below):
+    bound = f"[0, {below}) ({below_name})" if below is not None else ">= 0"
+    raise errors.ArgumentError(f"{name}={value} is outside {bound}")
+  return int(value)
+
+
 def audit_example(policy: policy_lib.Policy, *, seed: int, step: int,
-                  example: int, image_shape, random_sign: bool = False
+                  example: int, image_shape, random_sign: bool = False,
+                  batch_rows: Optional[int] = None
                   ) -> List[Dict[str, Any]]:
   """The exact transforms a training run applied to one example.
 
@@ -322,11 +341,23 @@ def audit_example(policy: policy_lib.Policy, *, seed: int, step: int,
       (M copies of B images) row c * B + i is copy c of image i.
     image_shape: (H, W, 3) of the training images.
     random_sign: `config.train.random_sign`.
+    batch_rows: the rows of the step's augmented batch (M * B), when known:
+      `example` must be below it.
 
   Returns:
     `policy.applied_transforms`' per-layer records (layer, index, name,
     sign, draws, randomness); replay them with `space.replay_transform`.
+
+  Raises:
+    errors.ArgumentError: seed, step or example not a non-negative integer
+      (step 1.5 is refused, not read as step 1), or example >= batch_rows.
   """
+  seed = _index_arg(seed, "seed")
+  step = _index_arg(step, "step")
+  if batch_rows is not None:
+    batch_rows = _index_arg(batch_rows, "batch_rows")
+  example = _index_arg(example, "example", below=batch_rows,
+                       below_name="the rows of the step's batch")
   _, run_key = run_keys(seed)
   k_aug, _ = step_keys(run_key, jnp.asarray(step, jnp.int32))
   return policy_lib.applied_transforms(k_aug, policy, example, image_shape,
@@ -337,11 +368,26 @@ def training_example(train_size: int, batch_size: int, *, seed: int,
                      step: int, row: int) -> int:
   """Which training image (index into the in-memory training split) row
   `row` of step `step` holds: the batch order of `input_pipeline.batches`
-  (for Batch Augmentation pass row % batch_size)."""
+  (for Batch Augmentation pass row % batch_size).
+
+  Raises:
+    errors.ArgumentError: a size, seed or step that is not a non-negative
+      integer, a batch larger than the split, or `row` outside
+      [0, batch_size) (row -1 would wrap around, row batch_size would be
+      the next step's first row).
+  """
+  train_size = _index_arg(train_size, "train_size")
+  batch_size = _index_arg(batch_size, "batch_size", below=train_size + 1,
+                          below_name="at most train_size")
+  if not batch_size:
+    raise errors.ArgumentError("batch_size must be >= 1, got 0")
+  seed = _index_arg(seed, "seed")
+  step = _index_arg(step, "step")
+  row = _index_arg(row, "row", below=batch_size, below_name="batch_size")
   spe = input_pipeline.steps_per_epoch(train_size, batch_size, True)
-  epoch, offset = divmod(int(step), spe)
+  epoch, offset = divmod(step, spe)
   order = input_pipeline.epoch_permutation(train_size, seed=seed, epoch=epoch)
-  return int(order[offset * batch_size + int(row)])
+  return int(order[offset * batch_size + row])
 
 
 def augment_batch(key: Array, images: Array, policy: policy_lib.Policy, *,
@@ -801,7 +847,8 @@ def train(config, workdir, *, dataset: Optional[input_pipeline.Dataset] = None,
     spe = input_pipeline.steps_per_epoch(split.size, tc.batch_size, True)
   if spe == 0:
     raise errors.ConfigError(
-        f"config.train.batch_size={tc.batch_size} exceeds the {train_size} "
+        f"{config_lib.section_of(config)}.train.batch_size={tc.batch_size} "
+        f"exceeds the {train_size} "
         f"images of the {tc.train_split!r} split (batches drop the remainder).")
   total = config_lib.total_steps(tc, spe)
   mean, std = dataset.mean, dataset.std  # eval constants (spec §4.3)
@@ -810,7 +857,9 @@ def train(config, workdir, *, dataset: Optional[input_pipeline.Dataset] = None,
         dataset.name, phase="search", default=(mean, std))
 
   # Model, policy, optimiser (compiled steps are found again by value).
-  num_classes = int(config.model.num_classes) or dataset.num_classes
+  num_classes = input_pipeline.check_num_classes(
+      dataset, config.model.num_classes,
+      field=f"{config_lib.section_of(config)}.model.num_classes")
   model = build_model(config.model, num_classes=num_classes, bf16=tc.bf16)
   policy = policy_lib.make_policy(config.policy,
                                   space_lib.get_space(config.policy.space))

@@ -27,7 +27,7 @@ def test_config_mistakes_are_one_line(override, expected, tmp_path):
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1, result.stderr
   assert "Traceback" not in result.stderr
-  assert lines[0].startswith("FATAL Flags parsing error: ")
+  assert lines[0].startswith("ERROR: ")
   assert expected in lines[0]
   assert not (tmp_path / "checkpoints").exists()
 

@@ -847,3 +847,308 @@ def test_runs_official_search_pools_on_other_data_name_the_fields(run_npz):
   with pytest.raises(errors.DataError,
                      match=r"--config\.search\.data_split=small"):
     run_search_job.load_search_pools(config)
+
+
+# ---------------------------------------------------------------------------
+# Policy files, inputs and messages (issue 20, findings 6, 7, 8 and 11).
+# ---------------------------------------------------------------------------
+
+# (section: validation and messages)
+
+# Imported here, not at the top, so that this section's edits stay in it.
+from deepaa_jax import inspect_job as v_inspect  # pylint: disable=g-import-not-at-top
+from deepaa_jax import input_pipeline as v_input  # pylint: disable=g-import-not-at-top
+from deepaa_jax import pil as v_pil  # pylint: disable=g-import-not-at-top
+from deepaa_jax import search as v_search  # pylint: disable=g-import-not-at-top
+import subprocess as v_subprocess  # pylint: disable=g-import-not-at-top,g-bad-import-order
+import sys as v_sys  # pylint: disable=g-import-not-at-top,g-bad-import-order
+
+
+def _v_doc():
+  """The 3-layer standard_cutout policy (crop, flip, cutout: distinct rows)
+  as a JSON document."""
+  return json.loads(policy_lib.to_json(policy_lib.baseline(
+      "standard_cutout", space_lib.cifar_space())))
+
+
+def _v_write(tmp_path, doc, name="v.json"):
+  path = tmp_path / name
+  path.write_text(json.dumps(doc))
+  return path
+
+
+# Every reader of policy files: the probabilities it reads from `path`.
+_V_READERS = {
+    "load_policy": lambda path: policy_lib.load_policy(path).probs,
+    "make_policy": lambda path: policy_lib.make_policy(
+        _policy_config("file", path), space_lib.cifar_space()).probs,
+    "DeepAAPolicy": lambda path: v_pil.DeepAAPolicy(path).probs,
+    "inspect": lambda path: v_inspect.load_any_policy(
+        ml_collections.ConfigDict({"kind": "auto", "path": str(path),
+                                   "space": "auto", "num_layers": 6})).probs,
+}
+_V_NAMES = sorted(_V_READERS)
+
+
+@pytest.mark.parametrize("reader", _V_NAMES)
+def test_v_policy_layers_are_read_in_the_order_of_their_layer_field(
+    reader, tmp_path):
+  """Finding 6: layers listed out of order were read in list order, each
+  entry's "layer" field ignored (load_policy, DeepAAPolicy, inspect)."""
+  doc = _v_doc()
+  expected = np.asarray([layer["probs"] for layer in doc["layers"]])
+  doc["layers"] = doc["layers"][::-1]  # layers 3, 2, 1
+  np.testing.assert_array_equal(
+      _V_READERS[reader](_v_write(tmp_path, doc)), expected)
+
+
+def _v_edit(field, value):
+  def edit(doc):
+    if field == "probs_str":
+      doc["layers"][0]["probs"] = [str(p) for p in doc["layers"][0]["probs"]]
+    elif field == "probs_nested":
+      doc["layers"][0]["probs"] = [doc["layers"][0]["probs"]]
+    elif field == "layer_numbers":
+      for layer, number in zip(doc["layers"], value):
+        layer["layer"] = number
+    else:
+      doc[field] = value
+  return edit
+
+
+@pytest.mark.parametrize("reader", _V_NAMES)
+@pytest.mark.parametrize("edit,needle,wrong", [
+    (_v_edit("num_layers", 2), "'num_layers' is 2 but 'layers' lists 3",
+     None),
+    (_v_edit("layer_numbers", [1, 1, 3]), "'layer' fields are [1, 1, 3]",
+     None),
+    (_v_edit("layer_numbers", [1, "2", 3]), "integer 'layer'", None),
+    (_v_edit("probs_str", None), "probability 0 is '0.0' (str), expected a "
+     "number", None),
+    (_v_edit("probs_nested", None), "probability 0 is [", "139 probabilities"),
+    (_v_edit("num_transforms", 139.0), "'num_transforms' must be an integer",
+     None),
+    (_v_edit("format", "other"), "not a deepaa-jax-policy/1 policy file",
+     None),
+], ids=["num_layers", "duplicate_layer", "string_layer", "string_probs",
+        "nested_probs", "float_num_transforms", "other_format"])
+def test_v_policy_files_are_checked_alike_by_every_reader(
+    reader, edit, needle, wrong, tmp_path):
+  """Finding 6: a num_layers disagreeing with the list, probabilities as
+  strings, duplicate layer numbers were accepted; nested probabilities got
+  "layer 1 has 139 probabilities, expected 139"; DeepAAPolicy accepted
+  format "other" and num_transforms 139.0 and raised plain ValueErrors (two
+  validators). Now one validator: a one-line PolicyFileError naming the file
+  and the entry, from every reader."""
+  doc = _v_doc()
+  edit(doc)
+  path = _v_write(tmp_path, doc)
+  message = _policy_error(_V_READERS[reader], path, needle)
+  if wrong:
+    assert wrong not in message, message
+
+
+@pytest.mark.parametrize("reader", ["make_policy", "DeepAAPolicy"])
+@pytest.mark.parametrize("kind", ["json", "npz"])
+def test_v_policy_to_train_with_needs_a_layer(reader, kind, tmp_path):
+  """Finding 6: `"layers": []` trained with no augmentation and no warning.
+  A policy to train with needs at least one layer (no augmentation is the
+  baseline 'none'); the K = 0 file itself still round-trips through
+  load_policy (an earlier finding)."""
+  none = policy_lib.baseline("none", space_lib.cifar_space())
+  if kind == "json":
+    path = policy_lib.save_policy(tmp_path / "none.json", none)
+    assert policy_lib.load_policy(path) == none
+  else:
+    path = policy_lib.save_official_npz(tmp_path / "none.npz", none)
+  read = (_V_READERS["DeepAAPolicy"] if reader == "DeepAAPolicy" else
+          lambda p: policy_lib.make_policy(
+              _policy_config("file" if kind == "json" else "official", p),
+              space_lib.cifar_space()))
+  _policy_error(read, path, "0 layers", "at least one")
+  if reader == "make_policy":
+    _policy_error(read, path, "'none'")
+
+
+def test_v_policy_validator_and_errors_import_no_jax():
+  """Finding 6: the one validator lives in a JAX-free module, so pil.py (a
+  PyTorch DataLoader's import) can use it; errors.py imports no JAX."""
+  code = ("import sys; sys.modules['jax'] = None; sys.modules['flax'] = None\n"
+          "from deepaa_jax import errors, policy_format\n"
+          "assert policy_format.from_json and errors.PolicyFileError\n"
+          "print('ok')")
+  result = v_subprocess.run([v_sys.executable, "-c", code], cwd=_REPO,
+                            capture_output=True, text=True, timeout=60)
+  assert result.returncode == 0 and "ok" in result.stdout, result.stderr
+
+
+def test_v_labels_above_num_classes_are_a_data_error(run_npz, tmp_path):
+  """Finding 7: --config.model.num_classes=5 on 10-class labels ended with
+  "Training diverged ... lower config.train.learning_rate". Now a DataError
+  at load time naming both numbers (here 3 logits, labels up to 3)."""
+  config = _run_config(run_npz)
+  config.model.num_classes = 3
+  with pytest.raises(errors.DataError) as info:
+    run_train.train(config, tmp_path / "run")
+  message = str(info.value)
+  assert "\n" not in message
+  for needle in ("config.model.num_classes=3", "labels up to 3",
+                 "4 classes"):
+    assert needle in message, (needle, message)
+  assert not (tmp_path / "run" / "checkpoints").exists()
+  # The same check names the section of a search's pretraining.
+  dataset = v_input.load_npz(run_npz, name="tiny")[0]
+  with pytest.raises(errors.DataError, match=r"config\.pretrain\.model"):
+    v_input.check_num_classes(dataset, 2,
+                              field="config.pretrain.model.num_classes")
+  assert v_input.check_num_classes(dataset, 0) == 4
+  assert v_input.check_num_classes(dataset, 7) == 7  # spare logits are fine
+
+
+_V_AUDIT_POLICY = policy_lib.baseline("standard", space_lib.cifar_space())
+
+
+@pytest.mark.parametrize("step,example,needle", [
+    (-1, 0, "step=-1 is outside"),
+    (1.5, 0, "step must be a non-negative integer, got 1.5"),
+    (2.0, 0, "step must be a non-negative integer, got 2.0"),
+    (True, 0, "step must be a non-negative integer"),
+    (0, -1, "example=-1 is outside"),
+    (0, 8, "example=8 is outside [0, 8)"),
+])
+def test_v_audit_refuses_impossible_questions(step, example, needle):
+  """Finding 8: audit_example with step -1 or example -1 returned
+  transforms, and step 1.5 was read as step 1."""
+  with pytest.raises(errors.ArgumentError) as info:
+    run_train.audit_example(_V_AUDIT_POLICY, seed=0, step=step,
+                            example=example, image_shape=(32, 32, 3),
+                            batch_rows=8)
+  assert needle in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("step,row,needle", [
+    (0, -1, "row=-1 is outside [0, 4)"),
+    (0, 4, "row=4 is outside [0, 4)"),
+    (-1, 0, "step=-1 is outside"),
+    (1.5, 0, "step must be a non-negative integer, got 1.5"),
+])
+def test_v_training_example_refuses_rows_outside_the_batch(step, row, needle):
+  """Finding 8: training_example with row -1 wrapped around, and a row >=
+  the batch size returned the next step's row."""
+  with pytest.raises(errors.ArgumentError) as info:
+    run_train.training_example(20, 4, seed=0, step=step, row=row)
+  assert needle in str(info.value), str(info.value)
+
+
+def test_v_audit_answers_possible_questions_as_before():
+  """The checks change no answer: numpy integers are integers, and the rows
+  of step s are the images of that step's batch."""
+  a = run_train.audit_example(_V_AUDIT_POLICY, seed=0, step=np.int64(3),
+                              example=np.int32(5), image_shape=(32, 32, 3))
+  b = run_train.audit_example(_V_AUDIT_POLICY, seed=0, step=3, example=5,
+                              image_shape=(32, 32, 3), batch_rows=6)
+  assert [(r["index"], r["draws"]) for r in a] == [
+      (r["index"], r["draws"]) for r in b]
+  rows = [run_train.training_example(20, 4, seed=1, step=s, row=r)
+          for s in range(5) for r in range(4)]
+  assert sorted(rows) == list(range(20))  # one epoch: every image once
+
+
+def test_v_cli_errors_have_one_prefix_and_integers_are_explained(tmp_path):
+  """Finding 11: user errors came with two prefixes ("FATAL Flags parsing
+  error:" for config mistakes, "ERROR:" for the rest), and num_steps=1e12
+  got "invalid literal for int()"."""
+  result = run_cli("--config.train.num_steps=1e12", workdir=tmp_path,
+                   timeout=120)
+  lines = result.stderr.strip().splitlines()
+  assert result.returncode == 1 and len(lines) == 1, result.stderr
+  assert lines[0].startswith("ERROR: "), lines[0]
+  assert ("config.train.num_steps is an integer; write 1000000000000"
+          in lines[0]), lines[0]
+  assert "invalid literal" not in lines[0] and "FATAL" not in lines[0]
+
+
+def test_v_override_values_of_integer_fields_are_checked():
+  """The check behind the CLI message: an integer field given 1e12, 2.5 or
+  a word; integers, other fields and unknown fields pass (unknown fields
+  have their own message)."""
+  config = _run_config("unused.npz")
+  check = lambda arg: run_config_lib.bad_override_value(config, [arg])
+  assert "write 1000000000000" in check("--config.train.num_steps=1e12")
+  assert "must be an integer, got '2.5'" in check(
+      "--config.train.batch_size=2.5")
+  assert "got 'ten'" in check("--config.train.batch_size=ten")
+  for ok in ("--config.train.num_steps=12", "--config.train.learning_rate=1e-3",
+             "--config.train.nope=1.5", "--config.input.name=x"):
+    assert check(ok) is None, ok
+
+
+def _v_search_config(npz):
+  config = run_config_lib.load_config_file(_REPO / "configs" /
+                                           "cifar10_cpu.py")
+  config.input.name = "tiny"
+  config.input.npz_path = str(npz)
+  return config
+
+
+def test_v_search_seed_is_checked_like_train_seed(run_npz):
+  """Finding 11: --config.search.seed=-1 was accepted while train.seed=-1
+  was refused."""
+  config = _v_search_config(run_npz)
+  config.search.seed = -1
+  with pytest.raises(errors.ConfigError,
+                     match=r"config\.search\.seed must be a non-negative "
+                     r"integer, got -1"):
+    run_config_lib.validate(config)
+
+
+def test_v_pretraining_batch_error_names_the_pretrain_field(run_npz,
+                                                            tmp_path):
+  """Finding 11: a pretraining batch larger than its split was reported as
+  config.train.batch_size, a field the search config does not have."""
+  config = _v_search_config(run_npz)
+  config.pretrain.train.train_split = "train"
+  config.pretrain.train.batch_size = 128  # > the 64 training images
+  cfg = run_config_lib.train_job_config(config.pretrain, config.input)
+  with pytest.raises(errors.ConfigError) as info:
+    run_train.train(cfg, tmp_path / "pretrain")
+  message = str(info.value)
+  assert "config.pretrain.train.batch_size=128 exceeds" in message, message
+  # A plain training config keeps its own name.
+  with pytest.raises(errors.ConfigError,
+                     match=r"^config\.train\.batch_size=128 exceeds"):
+    run_train.train(_run_config(run_npz, batch_size=128), tmp_path / "t")
+
+
+def test_v_class_conditional_pool_error_suggests_turning_it_off():
+  """Finding 11: the class-conditional pool error did not suggest
+  config.search.class_conditional=False."""
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 255, (12, 8, 8, 3)).astype(np.uint8)
+  labels = np.arange(12) % 2
+  split = v_input.Split(images, labels)
+  with pytest.raises(ValueError,
+                     match=r"config\.search\.class_conditional=False"):
+    v_search.make_search_data(split, split.take(np.arange(8)), 2, val_batch=5)
+
+
+def test_v_one_hot_policies_have_entropy_zero_not_minus_zero():
+  """Finding 11: one-hot policies printed "entropy -0.00 nats"."""
+  summary = policy_lib.baseline("standard", space_lib.cifar_space()).summary()
+  assert "entropy 0.00 nats" in summary and "-0.00" not in summary, summary
+  np.testing.assert_array_equal(np.signbit(policy_lib.baseline(
+      "standard", space_lib.cifar_space()).entropy()), False)
+
+
+def test_v_uint16_advice_scales_instead_of_saturating():
+  """Finding 11: the advice for uint16 images, np.clip(np.round(x), 0, 255),
+  would saturate 16-bit data; now it scales (x >> 8)."""
+  images = np.full((4, 8, 8, 3), 40000, np.uint16)
+  labels = np.arange(4) % 2
+  with pytest.raises(errors.DataError) as info:
+    v_input.from_arrays("u16", images, labels, images, labels)
+  message = str(info.value)
+  assert "(x >> 8).astype(np.uint8)" in message, message
+  assert "np.clip" not in message, message
+  advice = (np.full(3, 40000, np.uint16) >> 8).astype(np.uint8)
+  np.testing.assert_array_equal(advice, 156)  # 40000 / 65535 of 255, not 255
