@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from deepaa_jax import policy as policy_lib
+from deepaa_jax import search as search_lib
 from deepaa_jax import space as space_lib
 from deepaa_jax import utils
 
@@ -166,7 +167,10 @@ def search_history(path, records, *, title="DeepAA search",
   """Per-step search diagnostics.
 
   Top row, one colour per layer: cosine similarity of v and g, p(Identity),
-  policy entropy, the std of the rewards over the search images. Bottom row
+  policy entropy, the std of the rewards over the search images and (when
+  the records carry it) the reward's signal-to-noise excess
+  (`search.reward_snr`, log scale) with the noise-alone level 1 and the
+  warning level `search.SNR_WARN_EXCESS` as horizontal lines. Bottom row
   (when the records carry them, `search.WATCHED`), one colour per watched
   transform (Identity, RandCrop, RandFlip, RandCutout) and one line style
   per layer: the regularised reward R = mean - c * std (Eq. 10), its mean
@@ -184,6 +188,8 @@ def search_history(path, records, *, title="DeepAA search",
   names = [("cos_sim", "cos(v, g)"), ("p_identity", "p(Identity)"),
            ("entropy", "entropy (nats)"), ("reward_std",
                                            "std of rewards over images")]
+  if any("snr_excess" in r for r in records):
+    names.append(("snr_excess", "reward SNR excess (1 = noise)"))
   watched = [n for n in _WATCHED_COLORS if any(f"R_{n}" in r for r in records)]
   rows = 2 if watched else 1
   fig, axes = plt.subplots(rows, len(names), figsize=(4 * len(names),
@@ -199,6 +205,12 @@ def search_history(path, records, *, title="DeepAA search",
               lw=1)
     ax.set_xlabel("step")
     ax.set_title(label, fontsize=10)
+    if key == "snr_excess":
+      ax.set_yscale("log")
+      ax.axhline(1.0, color="k", lw=0.8, ls=":", label="noise alone")
+      ax.axhline(search_lib.SNR_WARN_EXCESS, color="#cc3311", lw=0.8,
+                 ls="--", label="warning")
+      ax.legend(fontsize=6)
   axes[0][0].legend(fontsize=7)
   if watched:
     styles = ["-", "--", ":", "-."]
@@ -222,6 +234,8 @@ def search_history(path, records, *, title="DeepAA search",
       ax.set_xlabel("step")
       ax.set_title(label, fontsize=10)
     axes[1][0].legend(fontsize=6, ncol=2)
+    for ax in axes[1][len(panels):]:
+      ax.axis("off")
   fig.suptitle(title)
   fig.tight_layout()
   return _save(fig, path, dpi=120)

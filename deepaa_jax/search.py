@@ -30,8 +30,10 @@ checkpoints and exact resume, outputs -- is `search_job.py`.
 """
 
 import dataclasses
-from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional
+from typing import (Any, Callable, Dict, List, Mapping, NamedTuple, Optional,
+                    Tuple)
 
+from absl import logging
 import flax
 import jax
 import jax.numpy as jnp
@@ -276,10 +278,19 @@ class SearchModel:
 
 @flax.struct.dataclass
 class LayerState:
-  """The trainable state of the layer being searched."""
+  """The trainable state of the layer being searched.
+
+  `reward_mean` and `reward_m2` only observe the search (`reward_snr`): the
+  policy update never reads them. They are checkpointed with the rest, so a
+  resumed layer reports the same signal-to-noise ratio bit for bit.
+  """
   step: Array  # int32 scalar
   logits: Array  # float32[T]
   opt_state: PyTree
+  # Running mean over the layer's steps of the centred reward R_n - mean_n R_n
+  # (Eq. 10), and its sum of squared deviations (Welford).
+  reward_mean: Array  # float32[T]
+  reward_m2: Array  # float32[T]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -474,7 +485,13 @@ def _update(settings: StepSettings, state: LayerState, rewards: Array,
       "finite": jnp.all(jnp.isfinite(logits)) & jnp.all(jnp.isfinite(reward)),
       **_watched_diagnostics(per_image, reward, logits, std_coef),
   }
-  new_state = LayerState(state.step + 1, logits, opt_state)
+  reward_mean, reward_m2 = accumulate_reward(
+      state.reward_mean, state.reward_m2, state.step, reward)
+  snr, snr_excess = reward_snr(reward_mean, reward_m2, state.step + 1)
+  diagnostics["snr"] = snr
+  diagnostics["snr_excess"] = snr_excess
+  new_state = LayerState(state.step + 1, logits, opt_state, reward_mean,
+                         reward_m2)
   return new_state, diagnostics
 
 
@@ -500,6 +517,91 @@ def _watched_diagnostics(per_image: Array, reward: Array, logits: Array,
     out[f"R_std_{name}"] = penalty[n]
     out[f"logit_{name}"] = centred[n]
   return out
+
+
+# --------------------------------------------------------------------------
+# The reward's signal-to-noise ratio.
+# --------------------------------------------------------------------------
+
+# snr_excess below this at the end of a layer: the spread of the mean rewards
+# is within twice what step-to-step noise alone produces (1), so the layer's
+# ranking of the transforms is mostly noise.
+SNR_WARN_EXCESS = 2.0
+
+
+def accumulate_reward(mean: Array, m2: Array, count: Array,
+                      reward: Array) -> Tuple[Array, Array]:
+  """Adds one step's regularised reward to the running statistics.
+
+  The reward is centred over the transforms first (R_n - mean_n R_n): the
+  policy gradient p * (R - p.R) does not change when a constant is added to
+  every R_n, so noise common to all transforms does not move the policy and
+  is not counted as noise. Welford's update keeps the float32 variance
+  accurate when a transform's mean reward is far larger than its noise.
+
+  Args:
+    mean: float32[T], the running mean over the `count` steps so far.
+    m2: float32[T], their sum of squared deviations from `mean`.
+    count: int32 scalar, the steps already accumulated.
+    reward: float32[T], this step's R (Eq. 10).
+
+  Returns:
+    (mean, m2) over count + 1 steps, float32[T] each.
+  """
+  centred = reward - jnp.mean(reward)
+  delta = centred - mean
+  mean = mean + delta / (count + 1).astype(jnp.float32)
+  return mean, m2 + delta * (centred - mean)
+
+
+def reward_snr(mean: Array, m2: Array,
+               count: Array) -> Tuple[Array, Array]:
+  """The reward's signal-to-noise ratio over a layer's first N steps.
+
+  With m_n the mean over the N steps of transform n's centred reward and
+  s_n its standard deviation over the steps (ddof 1, from `m2`):
+
+    snr = std_n(m_n) / rms_n(s_n)   (std over the T transforms, ddof 1)
+
+  is the spread of what the layer learns about the transforms against the
+  noise of one step. Pure noise (no real difference between transforms)
+  still spreads the means by about rms(s) / sqrt(N), so
+
+    snr_excess = snr * sqrt(N)
+
+  is ~1 for noise alone (sqrt(T / (T - 1)) with the centring) and >> 1 when
+  the transforms are told apart; `SNR_WARN_EXCESS` is the warning level.
+
+  Args:
+    mean, m2: float32[T], from `accumulate_reward` (`LayerState.reward_mean`,
+      `reward_m2`).
+    count: N, the steps accumulated.
+
+  Returns:
+    (snr, snr_excess): float32 scalars; NaN while N < 2.
+  """
+  n = jnp.asarray(count).astype(jnp.float32)
+  noise = jnp.sqrt(jnp.mean(m2) / (n - 1))
+  snr = jnp.std(mean, ddof=1) / noise
+  snr = jnp.where(n >= 2, snr, jnp.nan)
+  return snr, snr * jnp.sqrt(n)
+
+
+def layer_snr(state: LayerState) -> Dict[str, float]:
+  """{"snr", "snr_excess"} of a layer state (`reward_snr`), as floats."""
+  snr, excess = reward_snr(state.reward_mean, state.reward_m2, state.step)
+  return {"snr": float(snr), "snr_excess": float(excess)}
+
+
+def snr_warning(layer: int, snr_excess: float) -> Optional[str]:
+  """The one-line warning for a layer whose rewards are mostly noise, or
+  None (`snr_excess` >= `SNR_WARN_EXCESS`, or NaN: too few steps)."""
+  if not snr_excess < SNR_WARN_EXCESS:
+    return None
+  return (f"Layer {layer}: reward signal-to-noise excess {snr_excess:.2f} < "
+          f"{SNR_WARN_EXCESS:g} (1 = noise alone): the search cannot tell the "
+          "transforms apart; pretrain the search network longer, or raise "
+          "config.search.num_images or steps_per_layer.")
 
 
 _MAX_UNROLLED_CHUNKS = 32
@@ -699,7 +801,9 @@ def step_settings(config, space: space_lib.SearchSpace, *,
 def init_layer_state(config, space: space_lib.SearchSpace) -> LayerState:
   logits = jnp.asarray(initial_logits(space.size, config.init))
   return LayerState(jnp.zeros((), jnp.int32), logits,
-                    policy_optimizer(config).init(logits))
+                    policy_optimizer(config).init(logits),
+                    jnp.zeros(space.size, jnp.float32),
+                    jnp.zeros(space.size, jnp.float32))
 
 
 def _to_host(diag: Mapping[str, Array]) -> Dict[str, float]:
@@ -736,7 +840,10 @@ def search_layer(key: Array, model: SearchModel, earlier_layers, data:
 
   Returns:
     (logits float32[T], history: dict of float lists, one entry per step,
-     plus "top5": per-step list of (index, probability) pairs).
+     plus "top5": per-step list of (index, probability) pairs). The history's
+     "snr" and "snr_excess" are the reward's signal-to-noise ratio so far
+     (`reward_snr`); a layer that ends with snr_excess < `SNR_WARN_EXCESS`
+     logs a one-line warning.
 
   Raises:
     ValueError: `config.num_images` not divisible by the mesh's devices.
@@ -780,6 +887,11 @@ def search_layer(key: Array, model: SearchModel, earlier_layers, data:
     if callback is not None and callback(step + 1, state, dict(diag,
                                                                top5=diag_top)):
       break
+  if int(state.step) >= total:
+    warning = snr_warning(earlier.shape[0] + 1,
+                          layer_snr(state)["snr_excess"])
+    if warning:
+      logging.warning(warning)
   return np.asarray(state.logits), history
 
 

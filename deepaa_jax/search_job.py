@@ -14,7 +14,8 @@ Workdir layout:
   search_metrics.jsonl     one record per search step (layer, step, cos_sim,
                            p_identity, rewards of the watched transforms...)
   search_tb/               TensorBoard events of the same
-  search_costs.json        per-layer wall time, steps/s, peak memory
+  search_costs.json        per-layer wall time, steps/s, peak memory, the
+                           reward's signal-to-noise (snr, snr_excess)
   policy.json, policy.npz  the found policy (ours; the official format)
   policy_*.png, search_history.png, policy_summary.txt, cost_report.json
   results.json             written last: its presence marks a finished run
@@ -339,12 +340,16 @@ def search_layers(key: Array, model: search_lib.SearchModel,
       probs[k] = np.asarray(jax.nn.softmax(jnp.asarray(logits)))
       steady = ((times[-1] - times[0]) / (len(times) - 1) if len(times) > 1
                 else float("nan"))
+      # The layer's reward signal-to-noise over all its steps (the state's
+      # running sums survive a resume): search.reward_snr.
+      snr = (search_lib.layer_snr(current["state"])
+             if current["state"] is not None else {})
       costs.append({"layer": k + 1, "wall_s": wall,
                     "steps": steps - first_step,
                     "steady_s_per_step": steady,
                     "first_step_s": (times[0] - start) if times else None,
                     "peak_memory_bytes": utils.peak_memory_bytes(),
-                    "device": str(jax.devices()[0])})
+                    "device": str(jax.devices()[0]), **snr})
       if jax.process_index() == 0:
         utils.write_json(cost_path, costs)
       # Close the layer: the next run starts at layer k + 2.
@@ -383,6 +388,16 @@ def search_layers(key: Array, model: search_lib.SearchModel,
 # ---------------------------------------------------------------------------
 # Outputs and the job.
 # ---------------------------------------------------------------------------
+
+
+def snr_line(costs) -> str:
+  """One line with each layer's reward signal-to-noise excess (the per-layer
+  cost records' "snr_excess", `search.reward_snr`)."""
+  values = ", ".join(
+      f"L{c['layer']} {c['snr_excess']:.2f}" if "snr_excess" in c else
+      f"L{c['layer']} n/a" for c in costs)
+  return (f"Reward signal-to-noise excess per layer (1 = noise alone, < "
+          f"{search_lib.SNR_WARN_EXCESS:g} warned): {values or 'none'}")
 
 
 def write_outputs(workdir, result: Mapping[str, Any], config) -> Dict[str, str]:
@@ -428,7 +443,9 @@ def write_outputs(workdir, result: Mapping[str, Any], config) -> Dict[str, str]:
             "peak_memory_bytes": max([c["peak_memory_bytes"]
                                       for c in result["costs"]] or [0]),
             "stopped_early": bool(result["stopped_early"]),
-            "num_layers": int(probs.shape[0])}
+            "num_layers": int(probs.shape[0]),
+            # A layer's "snr_excess" below this is warned about.
+            "snr_warn_excess": search_lib.SNR_WARN_EXCESS}
   utils.write_json(workdir / "cost_report.json", report)
   paths["cost_report"] = str(workdir / "cost_report.json")
   summary = policy.summary(5)
@@ -438,6 +455,7 @@ def write_outputs(workdir, result: Mapping[str, Any], config) -> Dict[str, str]:
   print(f"Search cost: {report['total_wall_s']:.0f} s over "
         f"{report['num_layers']} layer(s) on {jax.devices()[0]}; peak memory "
         f"{report['peak_memory_bytes'] / 2**20:.0f} MiB")
+  print(snr_line(result["costs"]))
   return paths
 
 

@@ -172,3 +172,35 @@ def test_preview_rejects_bad_images():
   with pytest.raises(ValueError, match="samples"):
     plots.sample_preview(jax.random.key(0), policy,
                          synthetic_images()[:1], samples=0)
+
+
+def test_search_history_has_the_reward_snr_panel(tmp_path, monkeypatch):
+  """Records carrying snr_excess get a log-scale panel with each layer's
+  curve and the noise level 1 and the warning level as horizontal lines;
+  records without it get no such panel."""
+  from deepaa_jax import search  # pylint: disable=g-import-not-at-top
+  figures = []
+  save = plots._save
+  monkeypatch.setattr(plots, "_save", lambda fig, path, dpi: (
+      figures.append(fig), save(fig, path, dpi))[1])
+  base = [{"layer": k, "step": s, "cos_sim": 0.5, "p_identity": 0.9,
+           "entropy": 1.0, "reward_std": 0.1} for k in (1, 2)
+          for s in range(1, 6)]
+  excess = {1: [np.nan, 1.1, 1.3, 1.2, 1.4], 2: [np.nan, 3.0, 5.0, 6.0, 8.0]}
+  records = [dict(r, snr=0.1, snr_excess=excess[r["layer"]][r["step"] - 1])
+             for r in base]
+  path = plots.search_history(tmp_path / "snr.png", records)
+  assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  panels = [ax for ax in figures[-1].axes if "SNR" in ax.get_title()]
+  assert len(panels) == 1
+  ax = panels[0]
+  assert ax.get_yscale() == "log"
+  curves = [l for l in ax.get_lines() if l.get_label().startswith("layer")]
+  for layer, line in zip((1, 2), curves):
+    np.testing.assert_array_equal(line.get_xdata(), np.arange(1, 6))
+    np.testing.assert_array_equal(line.get_ydata(), excess[layer])
+  levels = sorted(l.get_ydata()[0] for l in ax.get_lines()
+                  if not l.get_label().startswith("layer"))
+  assert levels == [1.0, search.SNR_WARN_EXCESS]
+  plots.search_history(tmp_path / "plain.png", base)
+  assert not [ax for ax in figures[-1].axes if "SNR" in ax.get_title()]

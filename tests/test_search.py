@@ -357,12 +357,22 @@ def test_same_seed_same_policy_and_resume_is_bit_identical():
                              progress=False)
   np.testing.assert_array_equal(full, again)
   states = []
+  keep = lambda step, state, diag: states.append(jax.device_get(state))
+  SE.search_layer(key, model, earlier, data, config, num_steps=4,
+                  progress=False, callback=keep)
+  full_state = states.pop()
+  states = []
   SE.search_layer(key, model, earlier, data, config, num_steps=2,
-                  progress=False,
-                  callback=lambda step, state, diag: states.append(state))
+                  progress=False, callback=keep)
   resumed, _ = SE.search_layer(key, model, earlier, data, config,
-                               state=states[-1], num_steps=4, progress=False)
+                               state=states[-1], num_steps=4, progress=False,
+                               callback=keep)
   np.testing.assert_array_equal(resumed, full)
+  # The reward statistics (the SNR) resume bit for bit too.
+  assert int(states[-1].step) == 4
+  np.testing.assert_array_equal(states[-1].reward_mean, full_state.reward_mean)
+  np.testing.assert_array_equal(states[-1].reward_m2, full_state.reward_m2)
+  assert np.abs(full_state.reward_m2).max() > 0
   other, _ = SE.search_layer(jax.random.key(6), model, earlier, data, config,
                              num_steps=4, progress=False)
   assert not np.array_equal(other, full)
@@ -404,6 +414,13 @@ def test_search_layers_resume_after_a_crash_is_bit_identical(
   assert any("RESUMING the policy search" in r.getMessage()
              for r in caplog.records)
   np.testing.assert_array_equal(resumed["probs"], full["probs"])
+  # Layer 2 resumed at step 2: its reward SNR is the uninterrupted one.
+  assert [c["snr_excess"] for c in resumed["costs"]] == [
+      c["snr_excess"] for c in full["costs"]]
+  assert all(np.isfinite(c["snr_excess"]) for c in full["costs"])
+  line = search_job.snr_line(full["costs"])  # printed by write_outputs
+  assert line.endswith(": L1 {:.2f}, L2 {:.2f}".format(
+      *[c["snr_excess"] for c in full["costs"]])), line
   # The metric log has every step exactly once.
   assert [(r["layer"], r["step"]) for r in resumed["history"]] == [
       (r["layer"], r["step"]) for r in full["history"]]
@@ -431,3 +448,140 @@ def test_search_stops_when_a_layer_converges_to_identity(tmp_path):
                                  tmp_path / "off")
   assert not off["stopped_early"] and off["probs"].shape == (3, 139)
   assert (off["probs"][:, 0] >= 0.5).all()  # it would have fired each time
+
+
+def _numpy_snr(rewards):
+  """The SNR of `reward_snr` recomputed in float64 from per-step rewards
+  float[N, T]: centred over transforms, then std of the means over noise."""
+  r = np.asarray(rewards, np.float64)
+  c = r - r.mean(axis=1, keepdims=True)
+  n = len(r)
+  snr = c.mean(axis=0).std(ddof=1) / np.sqrt(np.mean(c.var(axis=0, ddof=1)))
+  return c.mean(axis=0), ((c - c.mean(axis=0)) ** 2).sum(axis=0), snr, (
+      snr * np.sqrt(n))
+
+
+def _accumulate(rewards):
+  """`accumulate_reward` over the rows of float32[N, T] (a lax.scan)."""
+  t = rewards.shape[1]
+
+  def step(carry, r):
+    mean, m2, count = carry
+    mean, m2 = SE.accumulate_reward(mean, m2, count, r)
+    return (mean, m2, count + 1), None
+
+  (mean, m2, count), _ = jax.lax.scan(
+      step, (jnp.zeros(t), jnp.zeros(t), jnp.zeros((), jnp.int32)),
+      jnp.asarray(rewards, jnp.float32))
+  return mean, m2, count
+
+
+def test_reward_snr_matches_numpy_and_is_one_for_noise_alone():
+  """Known per-step rewards: the running statistics and the SNR equal a
+  float64 numpy recomputation, also with transform means 50x their noise
+  (Welford) and a large noise common to all transforms (centred away).
+  Pure noise, with noise levels that differ across transforms, gives
+  snr_excess ~1 on average; a fixed offset between transforms a large one."""
+  rng = np.random.default_rng(0)
+  n, t = 40, 139
+  sigma = rng.uniform(0.005, 0.03, t)  # per-transform step noise
+  offsets = rng.normal(0, 0.5, t)  # ~50x the noise
+  common = rng.normal(0, 1.0, (n, 1))  # common to all transforms
+  rewards = (offsets + sigma * rng.standard_normal((n, t)) + common).astype(
+      np.float32)
+  mean, m2, count = _accumulate(rewards)
+  ref_mean, ref_m2, ref_snr, ref_excess = _numpy_snr(rewards)
+  np.testing.assert_allclose(mean, ref_mean, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(m2, ref_m2, rtol=2e-3, atol=1e-7)
+  snr, excess = SE.reward_snr(mean, m2, count)
+  np.testing.assert_allclose([snr, excess], [ref_snr, ref_excess], rtol=1e-3)
+  assert excess > 100  # the transforms are told apart
+  # Pure noise (with the common noise): ~1 over many independent layers.
+  noise = (sigma * rng.standard_normal((200, n, t)) +
+           rng.normal(0, 1.0, (200, n, 1))).astype(np.float32)
+  excess = np.asarray(jax.vmap(
+      lambda r: SE.reward_snr(*_accumulate(r))[1])(jnp.asarray(noise)))
+  np.testing.assert_allclose(excess.mean(), 1.0, atol=0.03)
+  assert (excess < SE.SNR_WARN_EXCESS).all()
+  np.testing.assert_allclose(excess[:5], [_numpy_snr(r)[3] for r in noise[:5]],
+                             rtol=1e-3)
+  # Offsets of +-4 standard errors of a transform's mean over the N steps:
+  # excess ~ sqrt(1 + 4^2) = 4.1.
+  shifted = noise[0] + np.where(np.arange(t) % 2, 4, -4) * sigma / np.sqrt(n)
+  excess = SE.reward_snr(*_accumulate(shifted))[1]
+  assert 3.3 < excess < 5, excess
+  # Undefined before two steps.
+  assert np.isnan(SE.reward_snr(*_accumulate(rewards[:1]))[1])
+
+
+def test_snr_warning_fires_at_the_end_of_a_noise_only_layer(caplog):
+  """search_layer warns in one line when a finished layer's snr_excess is
+  below SNR_WARN_EXCESS (here a finished state with pure-noise statistics),
+  and not for a layer that tells the transforms apart."""
+  assert SE.snr_warning(2, 5.0) is None
+  assert SE.snr_warning(2, float("nan")) is None
+  model, data = _model(), _data()
+  config = _config()
+  rng = np.random.default_rng(1)
+  noise = rng.normal(0, 0.01, (30, 139)).astype(np.float32)
+  for rewards, warned in ((noise, True),
+                          (noise + np.linspace(0, 1, 139, dtype=np.float32),
+                           False)):
+    mean, m2, count = _accumulate(rewards)
+    state = SE.init_layer_state(config, CIFAR).replace(
+        step=count, reward_mean=mean, reward_m2=m2)
+    excess = _numpy_snr(rewards)[3]
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+      SE.search_layer(jax.random.key(0), model, np.zeros((1, 139)) + 1 / 139,
+                      data, config, state=state, num_steps=30)
+    lines = [r.getMessage() for r in caplog.records
+             if "signal-to-noise" in r.getMessage()]
+    assert len(lines) == (1 if warned else 0), lines
+    if warned:
+      assert lines[0].startswith("Layer 2: ")
+      assert f"{excess:.2f} < 2" in lines[0] and "\n" not in lines[0]
+      assert "pretrain the search network longer" in lines[0]
+
+
+def test_reward_statistics_of_a_real_search_equal_a_recomputation():
+  """After 3 steps of a stage-2 search the state's running statistics, and
+  the logged snr, equal numpy on the steps' regularised rewards R (Eq. 10)
+  recomputed independently with `batch_rewards` from the same keys."""
+  model, data = _model(), _data()
+  config = _config(std_coef=1.0)
+  earlier = np.full((1, 139), 1 / 139, np.float32)
+  key = jax.random.key(8)
+  states = [jax.device_get(SE.init_layer_state(config, CIFAR))]
+  _, history = SE.search_layer(
+      key, model, earlier, data, config, num_steps=3,
+      callback=lambda step, state, diag: states.append(jax.device_get(state)))
+  # One compiled program (the scan loop: equal to the host loop within
+  # float32 rounding); eager, it takes minutes.
+  settings = SE.step_settings(_config(std_coef=1.0, loop="scan"), CIFAR)
+  batch_rewards = jax.jit(lambda *args: SE.batch_rewards(settings, model,
+                                                         *args)[0])
+  rewards = []
+  for step in range(3):
+    k_batch, k_aug = jax.random.split(jax.random.fold_in(key, step))
+    batch = SE.sample_batch(k_batch, data, num_images=2, val_batch=3)
+    per_image = batch_rewards(batch, k_aug, earlier,
+                              jax.nn.softmax(states[step].logits))
+    per_image = np.asarray(per_image, np.float64)
+    rewards.append(per_image.mean(0) - per_image.std(0))  # c = 1
+  rewards = np.asarray(rewards)
+  np.testing.assert_allclose(history["R_identity"], rewards[:, 0], rtol=1e-4,
+                             atol=1e-6)
+  ref_mean, ref_m2, _, ref_excess = _numpy_snr(rewards)
+  scale = np.abs(rewards).max()
+  assert ref_m2.max() > 0
+  np.testing.assert_allclose(states[-1].reward_mean, ref_mean, rtol=0,
+                             atol=1e-4 * scale)
+  np.testing.assert_allclose(states[-1].reward_m2, ref_m2, rtol=1e-3,
+                             atol=1e-5 * scale ** 2)
+  np.testing.assert_allclose(history["snr_excess"][-1], ref_excess,
+                             rtol=1e-3)
+  np.testing.assert_allclose(history["snr_excess"][1],
+                             _numpy_snr(rewards[:2])[3], rtol=1e-3)
+  assert np.isnan(history["snr"][0])
+  assert SE.layer_snr(states[-1])["snr_excess"] == history["snr_excess"][-1]
