@@ -328,6 +328,31 @@ def render(*, command: str, cifar_rows, imagenet_rows, crop_rows, num: int,
       "",
       summary,
       "",
+      # Which phase uses which table (issue 20); the tables below are the
+      # search's (`space.get_space(name)`).
+      '**Level values by phase** (issue 20; the tables below use the '
+      "search's values). The official search computes the level m / 12 in"
+      ' float32 (`mags.astype(np.float32) / 12`), the official evaluation'
+      ' in float64 (`mags / 12` on the int array, spec §4.1). Here the '
+      'search (`space.get_space(name)`, the default; `search.py`, '
+      '`apply_all`) uses the float32 table and the evaluation path '
+      '(`Policy.space` = `get_space(name, phase="evaluation")`: '
+      "training's `apply_policy`, previews, audits, and "
+      '`pil.DeepAAPolicy`) the float64 one. The two differ by one grey '
+      'level on a few pixels of 8 transforms (95, 97 Contrast m=8, 10; '
+      '107, 109 Color m=8, 10; 117, 119, 121 Brightness m=5, 8, 10; 131 '
+      'Sharpness m=8). Both tables are bit-exact against Pillow given '
+      'their own values: '
+      '`tests/test_space.py::'
+      'test_both_tables_match_pillow_at_the_values_that_differ`'
+      ' (every transform whose value differs, on byte-exact CIFAR-10), '
+      '`test_the_evaluation_path_applies_the_evaluation_table`, and '
+      '`tests/test_pil.py::'
+      'test_all_139_cifar_transforms_match_jax_bit_for_bit'
+      '[search|evaluation]`.'
+      ' `experiments/parity_table.py` regenerates the sections below for '
+      'the search table.',
+      "",
       "How to read the columns: *max abs diff* and *mean abs diff* are over "
       "all uint8 channel values of all images; *% pixels equal* counts RGB "
       "triples that match exactly; *images bit-exact* counts images whose "
