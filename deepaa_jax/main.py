@@ -2,11 +2,12 @@
 
 Only parses flags and dispatches on `config.job`; all work is done by library
 functions that a notebook can call the same way. One error boundary: config
-mistakes, data and policy file problems, workdir problems, a refused resume,
-divergence, a full disk and Ctrl-C each end with one line on stderr and a
-non-zero exit; anything else is a bug and keeps its traceback. The console is
-quiet by default (library INFO logs off, the job's own progress and results
-on); `--verbosity=1` brings every log line and every traceback back.
+mistakes, data and policy file problems, workdir problems (one in use by
+another run), a refused resume, divergence, a full disk, Ctrl-C and SIGTERM
+each end with one line on stderr and a non-zero exit; anything else is a bug
+and keeps its traceback. The console is quiet by default (library INFO logs
+off, the job's own progress and results on); `--verbosity=1` brings every log
+line and every traceback back.
 """
 
 import errno
@@ -113,15 +114,19 @@ def _disk_full(error: BaseException) -> bool:
 
 
 def run(config, workdir) -> None:
-  """The job named by `config.job`: what a notebook would call."""
+  """The job named by `config.job`: what a notebook would call. Training
+  and search lock their workdir themselves; the demo and inspect jobs,
+  which write files too, are locked here (`utils.WorkdirLock`)."""
   if config.job == "search":
     search_job.run(config, workdir)
   elif config.job == "train":
     train.train_and_evaluate(config, workdir)
-  elif config.job == "demo":
-    demo.run_demo(config, workdir)
-  elif config.job == "inspect":
-    inspect_job.run_inspect(config, workdir)
+  else:
+    with utils.workdir_lock(utils.prepare_workdir(workdir), config.job):
+      if config.job == "demo":
+        demo.run_demo(config, workdir)
+      elif config.job == "inspect":
+        inspect_job.run_inspect(config, workdir)
 
 
 def main(argv):
@@ -134,32 +139,39 @@ def main(argv):
   jax.config.update("jax_threefry_partitionable", True)
   logging.info("JAX %s, process %d / %d, devices: %s", jax.__version__,
                jax.process_index(), jax.process_count(), jax.devices())
-  try:
-    run(FLAGS.config, FLAGS.workdir)
-  except errors.Interrupted as e:
-    if verbose:
-      raise
-    sys.stderr.write(f"{config_lib.one_line(e)}\n")
-    sys.exit(130)
-  except KeyboardInterrupt:
-    if verbose:
-      raise
-    sys.stderr.write("Interrupted. Rerun the same command to resume from the "
-                     "last checkpoint.\n")
-    sys.exit(130)
-  except Exception as e:  # pylint: disable=broad-except
-    if verbose:
-      raise
-    if _disk_full(e):
-      sys.stderr.write(
-          f"ERROR: no space left on the device holding {FLAGS.workdir} "
-          f"({type(e).__name__}). Free space and rerun the same command to "
-          "resume from the last complete checkpoint.\n")
-      sys.exit(1)
-    if isinstance(e, errors.DeepAAError):
-      sys.stderr.write(f"ERROR: {config_lib.one_line(e)}\n")
-      sys.exit(1)
-    raise  # a bug: keep the traceback
+  # SIGTERM (a scheduler's stop, a TPU VM's preemption) is Ctrl-C: the
+  # current step is saved; the exit status is 143 (128 + SIGTERM) then.
+  with utils.sigterm_as_interrupt() as sigterm:
+    try:
+      run(FLAGS.config, FLAGS.workdir)
+    except KeyboardInterrupt as e:
+      if verbose:
+        raise
+      message = (config_lib.one_line(e) if isinstance(e, errors.Interrupted)
+                 else "Interrupted. Rerun the same command to resume from "
+                 "the last checkpoint.")
+      if sigterm["received"]:
+        message = "SIGTERM: " + message
+      sys.stderr.write(f"{message}\n")
+      sys.exit(143 if sigterm["received"] else 130)
+    except Exception as e:  # pylint: disable=broad-except
+      if verbose:
+        raise
+      if _disk_full(e):
+        # The unfinished checkpoint's temporary folder takes space and is
+        # of no use: orbax resumes from the last committed one.
+        removed = utils.remove_partial_checkpoints(FLAGS.workdir)
+        sys.stderr.write(
+            f"ERROR: no space left on the device holding {FLAGS.workdir} "
+            f"({type(e).__name__})"
+            f"{'; its partial checkpoint was removed' if removed else ''}. "
+            "Free space and rerun the same command to resume from the last "
+            "complete checkpoint.\n")
+        sys.exit(1)
+      if isinstance(e, errors.DeepAAError):
+        sys.stderr.write(f"ERROR: {config_lib.one_line(e)}\n")
+        sys.exit(1)
+      raise  # a bug: keep the traceback
 
 
 if __name__ == "__main__":

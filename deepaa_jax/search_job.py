@@ -227,8 +227,10 @@ def search_layers(key: Array, model: search_lib.SearchModel,
   restores (and says so loudly), after checking that it belongs to the same
   run (`identity`). Layer k uses key fold_in(key, k) and step s of it
   fold_in(fold_in(key, k), s): a resumed search equals an uninterrupted one
-  bit for bit. Ctrl-C saves the current step and raises
-  `errors.Interrupted`.
+  bit for bit. Ctrl-C (and SIGTERM under `main`) saves the current step
+  and raises `errors.Interrupted`. The workdir is locked while it runs
+  (`utils.WorkdirLock`); a finished search (its results.json) without a
+  checkpoint is refused (`errors.ResumeRefusedError`), not searched again.
 
   Args:
     key: the search key.
@@ -245,6 +247,13 @@ def search_layers(key: Array, model: search_lib.SearchModel,
     "stopped_early" (bool).
   """
   workdir = utils.prepare_workdir(workdir)
+  with utils.workdir_lock(workdir, "search"):
+    return _search_layers(key, model, data, config, workdir,
+                          identity=identity)
+
+
+def _search_layers(key, model, data, config, workdir, *, identity):
+  """`search_layers` in its locked, prepared workdir."""
   space = space_lib.get_space(config.space)
   num_layers = int(config.num_layers)
   steps = int(config.steps_per_layer)
@@ -258,6 +267,14 @@ def search_layers(key: Array, model: search_lib.SearchModel,
   template = _search_state(0, np.zeros((num_layers, space.size), np.float32),
                            search_lib.init_layer_state(config, space))
   latest, restored, meta = ckpt.restore_latest(template)
+  done = utils.read_json(workdir / "results.json")
+  if latest is None and done is not None and done.get("complete"):
+    ckpt.close()
+    raise errors.ResumeRefusedError(
+        f"{workdir} holds a finished search (results.json, "
+        f"{workdir / 'policy.json'}) but no checkpoint in {ckpt.directory}, "
+        "so it is not searched again over its results; use a new "
+        "--workdir, or delete its results.json to search again.")
   start_layer, probs, layer_state = 0, template["probs"], None
   if latest is not None:
     utils.check_identity(meta.get("identity"), identity, workdir)
@@ -314,11 +331,14 @@ def search_layers(key: Array, model: search_lib.SearchModel,
                        "%.3f", k + 1, step, steps, diag["cos_sim"],
                        diag["p_identity"])
         if step < steps and ckpt.should_save(global_step):
+          # A gs:// log is uploaded before the checkpoint can commit.
+          writer.flush()
           ckpt.save(global_step, _search_state(k, probs, state), meta)
-          writer.flush()  # a gs:// log is uploaded with each checkpoint
         # A host copy for Ctrl-C: the device buffers are donated to the next
         # step. Set last, so that the saved step's record is in the log.
         current["state"] = jax.device_get(state)
+        if utils.preemption_reached(global_step):  # several processes
+          raise KeyboardInterrupt("preempted")
         return False
 
       if writer is None:
@@ -332,6 +352,7 @@ def search_layers(key: Array, model: search_lib.SearchModel,
       except KeyboardInterrupt:
         state = current["state"]
         if state is not None and int(state.step) > 0:
+          writer.flush()
           ckpt.save(k * steps + int(state.step),
                     _search_state(k, probs, state), meta)
         raise
@@ -485,6 +506,12 @@ def run(config, workdir) -> Dict[str, Any]:
   """
   config_lib.validate(config)
   workdir = utils.prepare_workdir(workdir)
+  with utils.workdir_lock(workdir, "search"):
+    return _run(config, workdir)
+
+
+def _run(config, workdir) -> Dict[str, Any]:
+  """`run` in its locked, prepared workdir."""
   dataset, splits = load_search_pools(config, workdir=workdir)
   data = search_data(splits, dataset.num_classes, config)
   model, params, batch_stats, pre_metrics = pretrain(config, workdir,

@@ -823,14 +823,25 @@ def train(config, workdir, *, dataset: Optional[input_pipeline.Dataset] = None,
     errors.ConfigError: invalid config (see `config.validate`), or a batch
       larger than the training split.
     errors.ResumeRefusedError: the workdir's checkpoint belongs to a run with
-      other settings, other data or another policy.
+      other settings, other data or another policy; or the workdir holds a
+      finished run (its results.json) without a checkpoint to restore.
     errors.DivergedError (`NonFiniteLossError`): the loss became NaN/inf.
-    errors.Interrupted: Ctrl-C; the current step was saved first.
+    errors.Interrupted: Ctrl-C (or SIGTERM under `main`); the current step
+      was saved first.
+    errors.WorkdirError: another live run holds the workdir
+      (`utils.WorkdirLock`; a stale lock is taken over with a warning).
   """
-  t_start = time.time()
   config_lib.validate(config)
-  tc = config.train
   workdir = utils.prepare_workdir(workdir)
+  with utils.workdir_lock(workdir, "training"):
+    return _train(config, workdir, dataset=dataset,
+                  stop_after_step=stop_after_step)
+
+
+def _train(config, workdir, *, dataset, stop_after_step):
+  """`train` in its locked, prepared workdir."""
+  t_start = time.time()
+  tc = config.train
 
   # Data: in memory, or streamed a batch at a time (ImageNet).
   if dataset is None:
@@ -902,6 +913,14 @@ def train(config, workdir, *, dataset: Optional[input_pipeline.Dataset] = None,
     state = restored
   start = int(jax.device_get(state.step))
   done = utils.read_json(workdir / "results.json")
+  if resumed_from is None and done is not None and done.get("complete"):
+    ckpt.close()
+    raise errors.ResumeRefusedError(
+        f"{workdir} holds a finished training run (results.json: step "
+        f"{done.get('step')}, test accuracy {done.get('test_accuracy')}) "
+        f"but no checkpoint in {ckpt.directory}, so it is not trained "
+        "again over its results; use a new --workdir, or delete its "
+        "results.json to train it again.")
   if (resumed_from is not None and start >= total and done is not None
       and done.get("complete") and done.get("step") == start):
     ckpt.close()
@@ -961,6 +980,9 @@ def train(config, workdir, *, dataset: Optional[input_pipeline.Dataset] = None,
   test_res = meta.get("test")
 
   def save(at_step: int) -> None:
+    # The log's records up to this step are written (a gs:// log uploaded)
+    # before the checkpoint can commit: a resume never lacks them.
+    writer.flush()
     ckpt.save(at_step, state, {"identity": identity,
                                "last_train": last_train, "test": test_res,
                                "processes": jax.process_count()})
@@ -1014,6 +1036,8 @@ def train(config, workdir, *, dataset: Optional[input_pipeline.Dataset] = None,
         if pending is not None:
           check(pending)
         pending = (step, metrics)
+        if utils.preemption_reached(step):  # several processes: see utils
+          raise KeyboardInterrupt("preempted")
         if t_first_done is None:
           jax.block_until_ready(metrics["loss"])
           t_first_done = time.time()  # excludes compilation from images/s

@@ -1,8 +1,9 @@
 """Run bookkeeping shared by the training and search jobs.
 
 One home for what both jobs need around the pure core: where relative paths
-point, the orbax checkpointer, the metric writer (CLU + a JSONL file), the
-resume banner, peak memory, and quiet library logging.
+point, the workdir lock, SIGTERM and preemption, the orbax checkpointer, the
+metric writer (CLU + a JSONL file), the resume banner, peak memory, and
+quiet library logging.
 
 Workdir files go through `etils.epath`, so a workdir may be a local folder or
 a URI such as `gs://bucket/run` (epath's TensorFlow or fsspec backend; orbax
@@ -15,6 +16,8 @@ memory and rewritten whole (see `JsonlWriter`).
 """
 
 import atexit
+import contextlib
+import datetime
 import errno
 import hashlib
 import json
@@ -23,6 +26,9 @@ import os
 import pathlib
 import resource
 import shutil
+import signal
+import socket
+import threading
 import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import weakref
@@ -32,6 +38,7 @@ from absl import logging as absl_logging
 from etils import epath
 from flax import traverse_util
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -190,6 +197,289 @@ def write_json(path, value: Any) -> None:
 
 
 # ---------------------------------------------------------------------------
+# The workdir lock.
+# ---------------------------------------------------------------------------
+
+LOCK_NAME = "deepaa.lock"
+# os.fspath(lock path) -> how many times this process holds it (re-entrant:
+# the search job and its search_layers both lock the same workdir).
+_HELD: Dict[str, int] = {}
+
+
+def _process_start(pid: int) -> Optional[int]:
+  """Start time of process `pid` in clock ticks after boot (Linux
+  `/proc/<pid>/stat`, field 22), which tells a live holder from a later
+  process that got its pid; None where there is no /proc."""
+  try:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+      return int(f.read().rsplit(b")", 1)[1].split()[19])
+  except (OSError, ValueError, IndexError):
+    return None
+
+
+def _process_alive(pid: int, start: Optional[int]) -> bool:
+  """True unless process `pid` (of this host) is gone or is another process
+  than the one that started at `start`."""
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    pass  # another user's live process
+  now = _process_start(pid)
+  return start is None or now is None or now == start
+
+
+def _gcs():
+  """gcsfs's filesystem for generation preconditions, or None (gcsfs not
+  installed)."""
+  try:
+    import fsspec  # pylint: disable=g-import-not-at-top
+    return fsspec.filesystem("gs")
+  except (ImportError, ValueError):
+    return None
+
+
+class WorkdirLock:
+  """A lock on a workdir, held while a job writes it (a context manager).
+
+  The lock is the file `<workdir>/deepaa.lock`, a JSON record of the holder:
+  host, pid, the pid's start time and the job's start time. It is created
+  atomically: locally a complete temporary file hard-linked to the name
+  (`link` fails if the name exists); on `gs://` an object written with the
+  precondition `ifGenerationMatch=0` (gcsfs, `mode="create"`), which fails
+  if the object exists. Other URIs (and gs:// without gcsfs) fall back to a
+  check then a write, which two runs starting in the same second can both
+  pass.
+
+  A lock whose holder is on this host and whose process is gone (or its pid
+  now belongs to a later process) is stale: it is taken over with one
+  warning line. A lock held by a live process, or by a process on another
+  host (which cannot be checked), refuses the run with one line naming the
+  holder and the file to delete if that run is gone. The lock is released
+  (deleted) on exit, on errors too. Only process 0 of a multi-host run
+  locks (every process runs the same command on the same workdir).
+  Re-entrant within a process.
+
+  Args:
+    workdir: the workdir (local or a URI); it must exist (`prepare_workdir`).
+    job: what holds it ("training", "search", ...), for the messages.
+
+  Raises:
+    errors.WorkdirError: (on entering) another live run holds the workdir.
+  """
+
+  def __init__(self, workdir, job: str):
+    self.path = as_path(workdir) / LOCK_NAME
+    self.job = job
+    self._key = os.fspath(self.path)
+    self._record = None
+
+  def __enter__(self) -> "WorkdirLock":
+    if jax.process_index() != 0:
+      return self
+    if self._key not in _HELD:
+      self._acquire()
+    _HELD[self._key] = _HELD.get(self._key, 0) + 1
+    return self
+
+  def __exit__(self, *unused) -> bool:
+    if self._key in _HELD:
+      _HELD[self._key] -= 1
+      if not _HELD[self._key]:
+        del _HELD[self._key]
+        self._release()
+    return False
+
+  # The record and the three storage cases.
+
+  def _new_record(self) -> bytes:
+    pid = os.getpid()
+    self._record = {
+        "host": socket.gethostname(), "pid": pid,
+        "pid_start": _process_start(pid),
+        "start": datetime.datetime.now().astimezone().isoformat(
+            timespec="seconds"),
+        "job": self.job}
+    return json.dumps(self._record).encode()
+
+  def _create(self, data: bytes) -> bool:
+    """Creates the lock with `data`; False if it exists."""
+    if not is_remote(self.path):
+      tmp = self.path.with_name(f"{LOCK_NAME}.{os.getpid()}.tmp")
+      tmp.write_bytes(data)
+      try:
+        os.link(tmp, self.path)
+        return True
+      except FileExistsError:
+        return False
+      finally:
+        tmp.unlink()
+    fs = _gcs() if os.fspath(self.path).startswith("gs://") else None
+    if fs is not None:
+      try:
+        fs.pipe_file(self._key, data, mode="create")  # ifGenerationMatch=0
+        return True
+      except FileExistsError:
+        return False
+    if self.path.exists():
+      return False
+    self.path.write_bytes(data)
+    return True
+
+  def _read(self) -> Tuple[Optional[bytes], Any]:
+    """(content, version) of the lock; (None, None) when it is gone.
+    `version` is the gs:// generation (else None)."""
+    try:
+      if is_remote(self.path) and self._key.startswith("gs://") and _gcs():
+        fs = _gcs()
+        fs.invalidate_cache(self._key)
+        generation = fs.info(self._key).get("generation")
+        return fs.cat_file(self._key), generation
+      return self.path.read_bytes(), None
+    except FileNotFoundError:
+      return None, None
+
+  def _remove(self, content: bytes, version: Any) -> bool:
+    """Removes the lock if it still holds `content` (gs://: `version`);
+    False if another run has replaced it meanwhile."""
+    if not is_remote(self.path):
+      aside = self.path.with_name(f"{LOCK_NAME}.{os.getpid()}.old")
+      try:
+        os.rename(self.path, aside)  # atomic: one remover wins
+      except FileNotFoundError:
+        return False
+      if aside.read_bytes() != content:  # a new holder's lock: put it back
+        with contextlib.suppress(FileExistsError):
+          os.link(aside, self.path)
+        aside.unlink()
+        return False
+      aside.unlink()
+      return True
+    fs = _gcs() if self._key.startswith("gs://") else None
+    if fs is not None and version is not None:
+      from fsspec import asyn  # pylint: disable=g-import-not-at-top
+      bucket, key, _ = fs.split_path(self._key)
+      delete = fs._call  # pylint: disable=protected-access
+      try:  # only the generation that was judged stale
+        asyn.sync(fs.loop, delete, "DELETE", "b/{}/o/{}", bucket, key,
+                  ifGenerationMatch=str(version))
+      except (FileExistsError, FileNotFoundError):
+        return False
+      fs.invalidate_cache(self._key)
+      return True
+    try:
+      self.path.unlink()
+    except FileNotFoundError:
+      return False
+    return True
+
+  # Acquire and release.
+
+  def _acquire(self) -> None:
+    data = self._new_record()
+    for _ in range(5):
+      if self._create(data):
+        return
+      content, version = self._read()
+      if content is None:  # released meanwhile
+        continue
+      try:
+        holder = json.loads(content)
+        if not isinstance(holder, dict):
+          raise ValueError(holder)
+      except ValueError:
+        holder = {}
+      who = (f"{holder.get('job', 'a run')} started "
+             f"{holder.get('start', '?')} by pid {holder.get('pid', '?')} on "
+             f"host {holder.get('host', '?')}")
+      stale = (holder.get("host") == socket.gethostname() and
+               isinstance(holder.get("pid"), int) and
+               not _process_alive(holder["pid"], holder.get("pid_start")))
+      if not stale:
+        raise errors.WorkdirError(
+            f"--workdir {self.path.parent} is in use by another run ({who}; "
+            f"lock file {self.path}). Wait for it to end or use another "
+            f"--workdir; if that run is gone (e.g. killed on another "
+            f"machine), delete {self.path} and rerun.")
+      if self._remove(content, version):
+        logging.warning("Taking over the stale lock %s: its run (%s) is "
+                        "gone.", self.path, who)
+    raise errors.WorkdirError(
+        f"--workdir {self.path.parent}: the lock {self.path} keeps changing "
+        "(several runs starting at once?); rerun when only one is left.")
+
+  def _release(self) -> None:
+    try:
+      content, version = self._read()
+      if content is not None and json.loads(content) == self._record:
+        self._remove(content, version)
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning("Could not remove the lock %s (%s: %s); delete it "
+                      "before the next run.", self.path, type(e).__name__,
+                      " ".join(str(e).split())[:160])
+
+
+def workdir_lock(workdir, job: str) -> WorkdirLock:
+  """`WorkdirLock(workdir, job)`: `with utils.workdir_lock(w, "training"):`."""
+  return WorkdirLock(workdir, job)
+
+
+# ---------------------------------------------------------------------------
+# SIGTERM and preemption.
+# ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+  """Within the block, SIGTERM (a scheduler's stop, a TPU VM's preemption
+  notice) raises `KeyboardInterrupt` in the main thread, as Ctrl-C does, so
+  that a job saves its current step and says how to resume. Later SIGTERMs
+  are ignored while that save runs. The previous handler is restored on
+  leaving.
+
+  Nothing is installed outside the main thread, nor in a multi-process run:
+  there JAX's preemption service owns SIGTERM and every process saves the
+  same step (`preemption_reached`).
+
+  Yields:
+    dict with "received": bool, True once a SIGTERM arrived.
+  """
+  state = {"received": False}
+  if (threading.current_thread() is not threading.main_thread() or
+      jax.process_count() > 1):
+    yield state
+    return
+
+  def handler(signum, frame):
+    del signum, frame
+    if not state["received"]:
+      state["received"] = True
+      raise KeyboardInterrupt("SIGTERM")
+
+  previous = signal.signal(signal.SIGTERM, handler)
+  try:
+    yield state
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
+def preemption_reached(step: int) -> bool:
+  """True at the step where every process of a multi-process run saves
+  after one of them got a preemption notice (SIGTERM): JAX's
+  `multihost_utils.reached_preemption_sync_point`, to be called by every
+  process at every step. False in a single-process run (SIGTERM is
+  `sigterm_as_interrupt`'s there) and when JAX's preemption service is off.
+  """
+  if jax.process_count() == 1:
+    return False
+  try:
+    return bool(multihost_utils.reached_preemption_sync_point(int(step)))
+  except RuntimeError:  # jax_enable_preemption_service is off
+    return False
+
+
+# ---------------------------------------------------------------------------
 # Run identity.
 # ---------------------------------------------------------------------------
 
@@ -285,6 +575,26 @@ def move_tree(source, target) -> None:
       (source / relative.strip("/") / name).copy(
           target / relative.strip("/") / name)
   source.rmtree()
+
+
+PARTIAL_CHECKPOINT = ".orbax-checkpoint-tmp"
+
+
+def remove_partial_checkpoints(root) -> List[str]:
+  """Deletes the temporary folders of checkpoints that never committed
+  (`*.orbax-checkpoint-tmp*`, left by a full disk or a kill mid-save)
+  anywhere under the local folder `root`; returns their paths. A URI is
+  left alone (orbax commits there with a marker file, not a rename)."""
+  if is_remote(root) or not as_path(root).is_dir():
+    return []
+  removed = []
+  for folder, names, _ in os.walk(as_path(root)):
+    for name in list(names):
+      if PARTIAL_CHECKPOINT in name:
+        shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+        removed.append(os.path.join(folder, name))
+        names.remove(name)
+  return removed
 
 
 class Checkpointer:
@@ -431,15 +741,31 @@ class JsonlWriter:
       lines = self.path.read_text().splitlines()
     else:
       return
-    kept = []
+    kept, cut, before = [], [], None  # cut: (last step before, next after)
     if step is not None:
       for line in lines:
         try:
           record = json.loads(line)
-        except ValueError:  # a line cut short by a kill
+          at = int(record.get(self.step_key, 0))
+        except (ValueError, TypeError, AttributeError):  # cut short
+          cut.append([before, None])
           continue
-        if record.get(self.step_key, 0) <= step:
+        if cut and cut[-1][1] is None:
+          cut[-1][1] = at
+        before = at
+        if at <= step:
           kept.append(line)
+    for after, upto in cut:  # records lost before the resumed step: say so
+      if after is not None and after >= step:
+        continue  # beyond the checkpoint: written again
+      first = 1 if after is None else after + 1
+      lost = (f"the records of steps {first} to {step} are lost"
+              if upto is None or upto > step else
+              f"the record(s) between step {first - 1} and step {upto} are "
+              "lost")
+      logging.warning("%s has a line cut short (a kill or a full disk "
+                      "mid-write): %s; the log continues after step %d.",
+                      self.path, lost, step)
     if kept != lines:  # a finished run's rerun leaves the file untouched
       if remote:
         self._lines = kept
@@ -499,16 +825,62 @@ class JsonlWriter:
     self.flush()
 
 
+class GuardedWriter:
+  """A CLU MetricWriter that wraps another (TensorBoard's) and survives it:
+  the first failure of any call (storage out of reach: TensorFlow's GCS
+  client retries for minutes, then raises `AbortedError`) is one warning
+  line, and the writer is off for the rest of the run. The JSONL log and
+  the checkpoints do not depend on it.
+
+  Args:
+    create: () -> the wrapped writer (called at once; a failure there is
+      the first failure).
+    where: the logdir, for the message.
+  """
+
+  def __init__(self, create, where: str):
+    self.where = where
+    self._writer = None
+    self._writer = self._guard(create)
+
+  def _guard(self, fn):
+    """fn()'s value; None after a failure, said in one warning line (the
+    writer is off from then on)."""
+    try:
+      return fn()
+    except Exception as e:  # pylint: disable=broad-except
+      self._writer = None
+      logging.warning(
+          "TensorBoard events cannot be written to %s (%s: %s); continuing "
+          "without them (the metrics JSONL log and the checkpoints are "
+          "kept).", self.where, type(e).__name__,
+          " ".join(str(e).split())[:160])
+      return None
+
+  def __getattr__(self, name):
+    if not name.startswith("write_") and name not in ("flush", "close"):
+      raise AttributeError(name)
+
+    def call(*args, **kwargs):
+      if self._writer is not None:
+        self._guard(lambda: getattr(self._writer, name)(*args, **kwargs))
+    return call
+
+
 def metric_writer(logdir, jsonl_path, *, step_key: str = "step"):
   """(writer, jsonl, tensorboard): one `write_scalars` call goes to the JSONL
   file (process 0), TensorBoard and the log (CLU's default writer). The
   JSONL writer is returned for its `truncate_after`; the TensorBoard writer
-  for `ReportProgress` (steps/s), which should not add lines to the JSONL."""
+  for `ReportProgress` (steps/s), which should not add lines to the JSONL.
+  TensorBoard is a `GuardedWriter`: a storage failure there is one warning
+  line, not the end of the run."""
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
   main_process = jax.process_index() == 0
   # os.fspath keeps a URI whole (TensorFlow's filesystem writes gs:// events).
-  tensorboard = metric_writers.create_default_writer(
-      os.fspath(as_path(logdir)), just_logging=not main_process)
+  where = os.fspath(as_path(logdir))
+  tensorboard = GuardedWriter(
+      lambda: metric_writers.create_default_writer(
+          where, just_logging=not main_process), where)
   jsonl = JsonlWriter(jsonl_path, step_key=step_key)
   writers = [tensorboard] + ([jsonl] if main_process else [])
   return metric_writers.MultiWriter(writers), jsonl, tensorboard
@@ -551,13 +923,27 @@ _VISIBLE_INFO = (os.sep + "deepaa_jax" + os.sep,
                  os.sep + os.path.join("clu", "platform") + os.sep)
 
 
+_DISK_FULL = ("No space left on device", "[Errno 28]")
+
+
+def _about_disk_full(record: logging_lib.LogRecord) -> bool:
+  text = record.getMessage()
+  if record.exc_info and record.exc_info[1] is not None:
+    text += " " + str(record.exc_info[1])
+  return any(s in text for s in _DISK_FULL)
+
+
 class _ProjectInfoOnly(logging_lib.Filter):
-  """Passes WARNING and above from anywhere, INFO only from `_VISIBLE_INFO`."""
+  """Passes WARNING and above from anywhere, INFO only from `_VISIBLE_INFO`.
+  A library's record about a full disk is dropped: orbax's and asyncio's
+  threads log one traceback per failed write (hundreds of lines), and
+  `main` ends a full disk with one line of its own."""
 
   def filter(self, record):
+    project = any(s in record.pathname for s in _VISIBLE_INFO)
     if record.levelno >= logging_lib.WARNING:
-      return True
-    return any(s in record.pathname for s in _VISIBLE_INFO)
+      return project or not _about_disk_full(record)
+    return project
 
 
 def quiet_library_logs(verbose: bool = False) -> None:
