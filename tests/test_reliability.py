@@ -1159,6 +1159,19 @@ def test_flow_finished_run_without_checkpoints_is_not_retrained(run_npz,
   assert "finished training run" in message and "results.json" in message
   assert "new --workdir" in message
   assert _files(workdir) == before
+  # The same for a search: refused before the network or data are used.
+  from deepaa_jax import search_job as flow_search_job  # pylint: disable=g-import-not-at-top
+  search_dir = tmp_path / "search"
+  search_dir.mkdir()
+  (search_dir / "results.json").write_text(json.dumps({"complete": True}))
+  before = _files(search_dir)
+  search_config = run_config_lib.load_config_file(
+      _REPO / "configs" / "cifar10_cpu.py").search
+  with pytest.raises(errors.ResumeRefusedError,
+                     match=r"finished search .*no checkpoint"):
+    flow_search_job.search_layers(jax.random.key(0), None, None,
+                                  search_config, search_dir)
+  assert _files(search_dir) == before
 
 
 # ---------------------------------------------------------------------------
