@@ -24,7 +24,6 @@ field and the allowed values, before anything is compiled.
 import difflib
 import importlib.util
 import math
-import os
 import pathlib
 import re
 from typing import Any, List, Optional, Sequence, Tuple
@@ -35,6 +34,7 @@ import ml_collections
 from deepaa_jax import errors
 from deepaa_jax import input_pipeline
 from deepaa_jax import models
+from deepaa_jax import official
 from deepaa_jax import parallel
 from deepaa_jax import policy as policy_lib
 from deepaa_jax import reward as reward_lib
@@ -49,7 +49,6 @@ NORMALIZATIONS = ("eval", "search")
 POLICY_SPACES = ("cifar", "imagenet")
 INPUT_SOURCES = ("npz", "tfds")
 SEARCH_DATA_SPLITS = ("official", "small", "stream")
-_OFFICIAL_POLICY_DIR = os.path.join("..", "shared", "official_policies")
 
 
 # ---------------------------------------------------------------------------
@@ -60,19 +59,19 @@ _OFFICIAL_POLICY_DIR = os.path.join("..", "shared", "official_policies")
 def official_policy_path(name: str) -> str:
   """Absolute path of an official policy file, `policy_DeepAA_<name>.npz`.
 
-  Looked up in `../shared/official_policies` relative to the current directory
-  (commands run from the repository root), then relative to the repository
-  root. If neither exists the current-directory path is returned, so that
-  `validate` names it in its error.
+  The `../shared/official_policies` copy (relative to the current
+  directory, then to the repository root) when present, else its cache file
+  (`official.local_path`), which need not exist yet: the first run that
+  uses the policy downloads it from the authors' repository at a pinned
+  commit and checks its sha256 (`official.fetch`).
 
   Args:
     name: "cifar_1", "cifar_2", "imagenet_1" or "imagenet_2".
 
   Returns:
-    An absolute path string (the file may not exist).
+    An absolute path string (the file may not exist yet).
   """
-  relative = os.path.join(_OFFICIAL_POLICY_DIR, f"policy_DeepAA_{name}.npz")
-  return str(utils.resolve_path(relative))
+  return str(official.local_path(name))
 
 
 def load_config_file(path, *args) -> ml_collections.ConfigDict:
@@ -426,7 +425,10 @@ def _validate_train(config, prefix: str = "config") -> None:
       raise errors.ConfigError(
           f"{name('policy', 'path')} is required for "
           f"{name('policy', 'kind')}={p.kind!r}")
-    if not utils.resolve_path(p.path).is_file():
+    # An official policy (by name or by its file name) that is not here
+    # yet is fetched on first use (`official.fetch`, in make_policy).
+    if (not utils.resolve_path(p.path).is_file()
+        and (p.kind != "official" or official.name_of(p.path) is None)):
       raise errors.ConfigError(
           f"{name('policy', 'path')}: no policy file at {p.path!r} (needed "
           f"by {name('policy', 'kind')}={p.kind!r})")
@@ -540,7 +542,11 @@ def _validate_train(config, prefix: str = "config") -> None:
         "--config.input.tfds_train_split='train[:200000]' instead of "
         f"config.input.train_subset={i.train_subset} / "
         f"{name('train', 'train_split')}={t.train_split!r}.")
-  if i.source == "npz" and not utils.resolve_path(i.npz_path).is_file():
+  # The default CIFAR-10 npz, when absent, falls back to TFDS cifar10
+  # (`input_pipeline.load_dataset`), which says in one line if it cannot.
+  if (i.source == "npz" and not utils.resolve_path(i.npz_path).is_file()
+      and not (i.name == "cifar10"
+               and input_pipeline.is_default_npz_path(i.npz_path))):
     raise errors.ConfigError(
         f"config.input.npz_path: no npz file at {str(i.npz_path)!r} for "
         f"dataset {i.name!r}; pass --config.input.npz_path=/path/to/file.npz "

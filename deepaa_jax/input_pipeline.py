@@ -20,9 +20,16 @@ Data sources (``config.input.source``):
   ``test_images``, ``test_labels`` (optionally ``label_names``), e.g. the
   offline ``shared/data/cifar10.npz`` (full CIFAR-10 in the original order;
   pixels carry JPEG error, labels are exact; see ``shared/data/README.md``).
+  That default, when absent (a clone without ``../shared``), is replaced by
+  TFDS ``cifar10`` (prepared, else downloaded when online), read in the
+  original order (:func:`load_cifar10_tfds`); offline, one line names
+  ``tfds build cifar10`` and ``--config.input.npz_path``.
 * ``"tfds"``: a prepared TFDS directory read with ``download=False``. Such a
   directory is written from an npz by
-  ``python experiments/prepare_tfds.py --npz=... --data_dir=...``.
+  ``python experiments/prepare_tfds.py --npz=... --data_dir=...``. Images
+  of varying size (no fixed shape in the TFDS feature) are brought to
+  ``image_size`` x ``image_size`` by the streaming path's resize/centre-crop
+  rule, never zero-padded.
 
 Every problem with the data (a missing, truncated or foreign file, missing
 keys, bad shapes or labels, an empty split, an impossible subset) raises
@@ -45,6 +52,7 @@ from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple
 import zipfile
 import zlib
 
+from absl import logging
 import numpy as np
 
 from deepaa_jax import errors
@@ -87,6 +95,10 @@ _TAG_BATCHES = 0x6261746368   # "batch"
 _TAG_SUBSET = 0x737562736574  # "subset"
 
 _DEFAULT_NPZ_RELATIVE = os.path.join("..", "shared", "data", "cifar10.npz")
+# Where TFDS's `cifar10` builder downloads CIFAR-10 from (the Toronto
+# binary release); probed once before a download, so that an offline first
+# run fails in a second instead of after TFDS's ten retries (~3.5 min).
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
 # The arrays every npz dataset file holds.
 _NPZ_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
 _NPZ_FORMAT = (
@@ -298,6 +310,22 @@ def default_npz_path() -> str:
   return str(utils.resolve_path(_DEFAULT_NPZ_RELATIVE))
 
 
+def is_default_npz_path(path) -> bool:
+  """Whether `path` is the default `config.input.npz_path` (the offline
+  `../shared/data/cifar10.npz`, relative or resolved against the current
+  directory or the repository root). Only this default falls back to TFDS
+  `cifar10` when absent (`load_dataset`); a path the user gave is never
+  replaced by other data."""
+  text = os.fspath(path or "")
+  if not text:
+    return True
+  candidates = {_DEFAULT_NPZ_RELATIVE, default_npz_path()}
+  for base in (pathlib.Path.cwd(), utils.REPO_ROOT):
+    candidates.add(str(base / _DEFAULT_NPZ_RELATIVE))
+  norm = lambda p: os.path.normpath(os.path.abspath(os.path.expanduser(p)))
+  return norm(text) in {norm(c) for c in candidates}
+
+
 def default_input_config():
   """Returns the `config.input` section (an `ml_collections.ConfigDict`).
 
@@ -305,7 +333,11 @@ def default_input_config():
     name: "cifar10" | "cifar100" | "imagenet2012" | any TFDS name.
     source: "npz" | "tfds".
     npz_path: for source="npz", an archive with train_images, train_labels,
-      test_images, test_labels. Defaults to the offline CIFAR-10 file.
+      test_images, test_labels. Defaults to the offline CIFAR-10 file
+      `../shared/data/cifar10.npz`; when that default is absent (a clone
+      without ../shared), CIFAR-10 is read from TFDS `cifar10` in
+      `data_dir`, downloaded and prepared first when online
+      (`load_cifar10_tfds`).
     data_dir: TFDS data_dir (None: the TFDS default, ~/tensorflow_datasets).
     train_subset: 0 = the whole train split; N > 0 = N images drawn at random
       (the paper's "4,000 randomly selected samples"), see `random_subset`.
@@ -315,10 +347,12 @@ def default_input_config():
     pipeline: "auto" | "memory" | "stream": hold the dataset in memory, or
       stream it with tf.data (`deepaa_jax.streaming`); "auto" streams TFDS
       ImageNet and prepared datasets over 4 GiB.
-    image_size: S, streaming only: every image is brought to S x S on the
-      host (shorter side to `resize_size`, centre crop).
-    resize_size: streaming only: the shorter side before the crop (0 =
-      round(S * 256 / 224), i.e. 256 for S = 224).
+    image_size: S, for streaming and for in-memory TFDS datasets of
+      varying image size: every image is brought to S x S on the host
+      (shorter side to `resize_size`, centre crop). Fixed-size datasets in
+      memory keep their own size.
+    resize_size: the shorter side before that crop (0 = round(S * 256 /
+      224), i.e. 256 for S = 224).
     tfds_train_split / tfds_eval_split: streaming only: TFDS split specs
       (slices allowed, "train[:200000]"); "" = "validation", else "test".
     shuffle_buffer: streaming only: examples in the shuffle buffer.
@@ -336,7 +370,7 @@ def default_input_config():
   config.subset_class_balanced = True
   config.subset_seed = 0
   config.pipeline = "auto"  # memory | stream | auto (stream when too large)
-  config.image_size = 224  # S (streaming): ImageNet's 224
+  config.image_size = 224  # S (streaming, varying sizes): ImageNet's 224
   config.resize_size = 0  # shorter side before the S crop; 0: S * 256 / 224
   config.tfds_train_split = "train"  # streaming: TFDS split spec
   config.tfds_eval_split = ""  # streaming: "" = validation, else test
@@ -527,11 +561,20 @@ def load_dataset(config) -> Dataset:
 
   if source == "npz":
     npz_path = str(_cfg_get(config, "npz_path", None) or default_npz_path())
-    dataset, _ = load_npz(npz_path, name=name)
-    where = str(utils.resolve_path(npz_path))
+    if (name == "cifar10" and is_default_npz_path(npz_path)
+        and not utils.resolve_path(npz_path).is_file()):
+      # A clone without ../shared: TFDS cifar10 (prepared, or downloaded).
+      data_dir = _cfg_get(config, "data_dir", None)
+      dataset = load_cifar10_tfds(data_dir, missing_npz=npz_path)
+      where = tfds_where("cifar10", data_dir)
+    else:
+      dataset, _ = load_npz(npz_path, name=name)
+      where = str(utils.resolve_path(npz_path))
   else:
     data_dir = _cfg_get(config, "data_dir", None)
-    dataset = _load_tfds(name, data_dir)
+    dataset = _load_tfds(
+        name, data_dir, image_size=int(_cfg_get(config, "image_size", 224)),
+        resize_size=int(_cfg_get(config, "resize_size", 0)))
     where = tfds_where(name, data_dir)
 
   if train_subset:
@@ -707,6 +750,36 @@ def import_tfds():
   return tfds
 
 
+# The host's S x S rule, shared by the streaming path (`streaming` re-exports
+# it) and in-memory datasets of varying image size.
+
+
+def default_resize(image_size: int) -> int:
+  """The shorter side before the centre crop: round(S * 256 / 224), i.e. 256
+  for S = 224 (torchvision's Resize(256) + CenterCrop(224))."""
+  return int(round(image_size * 256 / 224))
+
+
+def resize_center_crop(tf, image, resize_size: int, crop_size: int):
+  """uint8[H, W, 3] -> uint8[crop, crop, 3]: the shorter side to
+  `resize_size` (long side int(size * long / short), as torchvision), bicubic
+  antialiased, then the centre crop (offsets round((H' - crop) / 2))."""
+  shape = tf.shape(image)
+  h, w = tf.cast(shape[0], tf.float64), tf.cast(shape[1], tf.float64)
+  short = tf.minimum(h, w)
+  new_h = tf.where(h <= w, resize_size,
+                   tf.cast(tf.floor(resize_size * h / short), tf.int32))
+  new_w = tf.where(w <= h, resize_size,
+                   tf.cast(tf.floor(resize_size * w / short), tf.int32))
+  resized = tf.image.resize(image, tf.stack([new_h, new_w]),
+                            method="bicubic", antialias=True)
+  top = tf.cast(tf.round((new_h - crop_size) / 2), tf.int32)
+  left = tf.cast(tf.round((new_w - crop_size) / 2), tf.int32)
+  cropped = resized[top:top + crop_size, left:left + crop_size]
+  cropped = tf.cast(tf.clip_by_value(tf.round(cropped), 0, 255), tf.uint8)
+  return tf.ensure_shape(cropped, (crop_size, crop_size, 3))
+
+
 def tfds_where(name: str, data_dir) -> str:
   where = data_dir if data_dir else "the default TFDS data_dir"
   return f"TFDS dataset {name!r} in {where}"
@@ -772,6 +845,229 @@ def _tfds_split_to_numpy(tfds, builder, name: str, split: str, data_dir,
           np.concatenate(labels).astype(np.int32))
 
 
+def variable_size(features) -> bool:
+  """Whether a TFDS image feature has no fixed height or width (its shape
+  has None there): such images are not one array until brought to S x S."""
+  shape = tuple(features["image"].shape)
+  return len(shape) != 3 or shape[0] is None or shape[1] is None
+
+
+def _tfds_split_resized(tfds, builder, name: str, split: str, data_dir, *,
+                        image_size: int, resize_size: int, chunk: int = 256):
+  """A split of variable-size images as (uint8[N, S, S, 3], int32[N]), in
+  file order, each image decoded and brought to S x S by the streaming
+  path's rule (`resize_center_crop`); `tfds.load(batch_size=)`
+  would instead zero-pad every chunk to its largest image.
+
+  Raises:
+    DatasetNotFoundError: the dataset is not prepared in `data_dir`.
+    errors.DataError: an image that cannot be decoded (one line).
+  """
+  tf = import_tf()
+  resize = int(resize_size) or default_resize(int(image_size))
+  try:
+    ds = builder.as_dataset(
+        split=split, shuffle_files=False,
+        decoders={"image": tfds.decode.SkipDecoding()})
+  except (tfds.core.registered.DatasetNotFoundError, AssertionError,
+          FileNotFoundError) as e:
+    raise DatasetNotFoundError(tfds_missing_message(name, data_dir)) from e
+
+  def decode(example):
+    image = tf.io.decode_image(example["image"], channels=3,
+                               expand_animations=False)
+    return (resize_center_crop(tf, image, resize, int(image_size)),
+            tf.cast(example["label"], tf.int32))
+
+  ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE,
+              deterministic=True).batch(chunk)
+  images, labels = [], []
+  try:
+    for image, label in tfds.as_numpy(ds):
+      images.append(image)
+      labels.append(label)
+  except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
+    raise errors.DataError(
+        f"{tfds_where(name, data_dir)}, split {split!r}: an image that "
+        f"cannot be read near example {chunk * len(images)}: "
+        f"{' '.join(str(e).split())[:300]}") from None
+  if not images:
+    return (np.zeros((0, image_size, image_size, 3), np.uint8),
+            np.zeros((0,), np.int32))
+  logging.info(
+      "%s, split %r: %d images of varying size brought to %d x %d (shorter "
+      "side %d, centre crop; config.input.image_size / resize_size), as the "
+      "streaming path does.", tfds_where(name, data_dir), split,
+      sum(len(l) for l in labels), image_size, image_size, resize)
+  return np.concatenate(images), np.concatenate(labels)
+
+
+def _unreachable(url: str, timeout: float = 10.0) -> Optional[str]:
+  """None if a server answers for `url` (any HTTP status), else why not
+  (one line): one attempt, no retries."""
+  import urllib.error  # pylint: disable=g-import-not-at-top
+  import urllib.request  # pylint: disable=g-import-not-at-top
+  try:
+    urllib.request.build_opener().open(  # the proxy settings of now
+        urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+  except urllib.error.HTTPError:
+    return None  # the server answered; the download says what it thinks
+  except (urllib.error.URLError, OSError, ValueError) as e:
+    reason = getattr(e, "reason", None) or e
+    return f"{type(e).__name__}: {' '.join(str(reason).split())}"
+  return None
+
+
+def cifar10_missing_message(npz_path, data_dir, reason: str,
+                            where: str = "") -> str:
+  """The one line of an offline first run without the CIFAR-10 npz
+  (`where`: the TFDS folder looked in)."""
+  where = where or data_dir or "the default TFDS data_dir"
+  build = "tfds build cifar10" + (f" --data_dir={data_dir}" if data_dir
+                                  else "")
+  return (
+      f"CIFAR-10 not found: no npz file at {npz_path} "
+      f"(--config.input.npz_path), no prepared TFDS cifar10 in {where}, and "
+      f"it cannot be downloaded now ({reason}). Fix: online, run `{build}` "
+      "once (or rerun this command online: it downloads and prepares it), "
+      "or pass --config.input.npz_path=/path/to/cifar10.npz (keys "
+      "train_images, train_labels, test_images, test_labels).")
+
+
+def load_cifar10_tfds(data_dir=None, *, missing_npz: str = "") -> Dataset:
+  """CIFAR-10 from TFDS `cifar10`, in the original CIFAR order.
+
+  Used when the offline npz (`../shared/data/cifar10.npz`) is absent: read
+  from `data_dir` (None: TFDS's default) when prepared there, else
+  downloaded and prepared first (online; `tfds build cifar10` does the
+  same). TFDS stores the examples shuffled; each carries its original index
+  in its id ("train_01234"), so the splits are put back in the original
+  order, which `official_search_splits` needs. The pixels are the exact
+  Toronto release (the npz's carry JPEG error), so the fingerprint differs
+  from the npz's.
+
+  Args:
+    data_dir: the TFDS data_dir.
+    missing_npz: the npz path that was not found, for the message.
+
+  Returns:
+    A Dataset "cifar10": train uint8[50000, 32, 32, 3], test [10000, ...].
+
+  Raises:
+    DatasetNotFoundError: not prepared and it cannot be downloaded (one
+      line naming `tfds build cifar10` and --config.input.npz_path).
+    errors.DataError: the prepared ids are not the indices 0..N-1.
+  """
+  data_dir = os.path.expanduser(data_dir) if data_dir else None
+  tfds = import_tfds()
+  builder = tfds.builder("cifar10", data_dir=data_dir)
+  # Prepared = its dataset_info.json is written last (`is_prepared` would
+  # log a warning about the folder on the console first).
+  info = os.path.join(str(builder.data_dir), "dataset_info.json")
+  if not import_tf().io.gfile.exists(info):
+    reason = _unreachable(CIFAR10_URL)
+    if reason:
+      raise DatasetNotFoundError(cifar10_missing_message(
+          missing_npz, data_dir, reason, str(builder.data_dir)))
+    logging.warning("CIFAR-10: no npz at %s; downloading and preparing TFDS "
+                    "cifar10 into %s (once, ~170 MB).", missing_npz,
+                    builder.data_dir)
+    try:
+      builder.download_and_prepare()
+    except Exception as e:  # pylint: disable=broad-except
+      raise DatasetNotFoundError(cifar10_missing_message(
+          missing_npz, data_dir, f"{type(e).__name__}: "
+          f"{' '.join(str(e).split())[:200]}", str(builder.data_dir))) from e
+  arrays = []
+  for split in ("train", "test"):
+    ds = builder.as_dataset(split=split, shuffle_files=False, batch_size=4096)
+    ids, images, labels = [], [], []
+    for batch in tfds.as_numpy(ds):
+      ids.extend(int(bytes(i).decode().rsplit("_", 1)[-1])
+                 for i in batch["id"])
+      images.append(batch["image"])
+      labels.append(batch["label"])
+    order = np.argsort(np.asarray(ids, np.int64), kind="stable")
+    if not np.array_equal(np.asarray(ids)[order], np.arange(len(ids))):
+      raise errors.DataError(
+          f"{tfds_where('cifar10', data_dir)}, split {split!r}: the example "
+          "ids are not the original indices 0..N-1; prepare it again with "
+          "`tfds build cifar10`.")
+    arrays += [np.concatenate(images)[order], np.concatenate(labels)[order]]
+  logging.info("CIFAR-10 read from %s (no npz at %s), original order "
+               "restored from the ids.", tfds_where("cifar10", data_dir),
+               missing_npz)
+  return from_arrays("cifar10", *arrays)
+
+
+def tfds_test_images(config, num: int, *, streams: bool = False,
+                     scan: int = 10_000) -> Tuple[np.ndarray, str]:
+  """The first test image of classes 0, 1, ... of a TFDS `config.input`
+  (then the next images in file order, as for an npz), as a run reads them.
+
+  The evaluation split is the one the run evaluates on: for a streamed
+  input `config.tfds_eval_split` (default "validation", else "test"), held
+  in memory "test" (else "validation"). The images have the data's own size
+  (fixed-size datasets in memory), or S x S by the streaming rule (streamed
+  inputs and datasets of varying image size; `resize_center_crop`). Only
+  the labels of the first `scan` examples are read, and only the `num`
+  picked images decoded.
+
+  Args:
+    config: a `config.input` section with source="tfds".
+    num: the number of images N.
+    streams: whether the run streams this input
+      (`streaming.wants_streaming(config)`).
+    scan: examples looked at for the first image of each class.
+
+  Returns:
+    (uint8[n, H, W, 3] with n = min(N, examples scanned), a one-line
+    description of where they come from).
+
+  Raises:
+    DatasetNotFoundError, errors.DataError: as `load_dataset` / the stream.
+  """
+  name = str(_cfg_get(config, "name", "cifar10"))
+  data_dir = _cfg_get(config, "data_dir", None) or None
+  if data_dir and "://" not in str(data_dir):
+    data_dir = os.path.expanduser(str(data_dir))
+  tfds = import_tfds()
+  tf = import_tf()
+  builder = tfds_builder(tfds, name, data_dir)
+  features = check_image_classification(builder, name, data_dir)
+  known = set(builder.info.splits.keys())
+  split = str(_cfg_get(config, "tfds_eval_split", "") or "") if streams else ""
+  if not split:
+    order = ("validation", "test") if streams else ("test", "validation")
+    split = (next((s for s in order if s in known), order[0]) if known
+             else _tfds_test_split(tfds, name, data_dir, known))
+  ds = builder.as_dataset(split=split, shuffle_files=False,
+                          decoders={"image": tfds.decode.SkipDecoding()})
+  labels = np.concatenate([np.zeros((0,), np.int64)] + list(tfds.as_numpy(
+      ds.take(scan).map(lambda ex: ex["label"]).batch(1024))))
+  firsts = [int(np.flatnonzero(labels == c)[0]) for c in np.unique(labels)]
+  rest = np.setdiff1d(np.arange(len(labels)), firsts).tolist()
+  picked = (firsts + rest)[:num]
+  resize = streams or variable_size(features)
+  size = int(_cfg_get(config, "image_size", 224))
+  short = int(_cfg_get(config, "resize_size", 0)) or default_resize(
+      size)
+  by_index = {}
+  wanted = tf.constant(np.asarray(picked, np.int64))
+  chosen = ds.take(scan).enumerate().filter(
+      lambda i, ex: tf.reduce_any(tf.equal(i, wanted)))
+  for i, example in tfds.as_numpy(chosen):
+    image = tf.io.decode_image(example["image"], channels=3,
+                               expand_animations=False)
+    if resize:
+      image = resize_center_crop(tf, image, short, size)
+    by_index[int(i)] = np.asarray(image, np.uint8)
+  images = np.stack([by_index[i] for i in picked])
+  rule = f", brought to {size}x{size} as the run reads them" if resize else ""
+  return images, (f"the first test image of each class of "
+                  f"{tfds_where(name, data_dir)}, split {split!r}{rule}")
+
+
 def _tfds_test_split(tfds, name: str, data_dir, known) -> str:
   """"test", else "validation": from the builder's split list when it has
   one, else by trying to read the split (TFDS mock data lists none)."""
@@ -791,11 +1087,19 @@ def _tfds_test_split(tfds, name: str, data_dir, known) -> str:
   return "test"  # reading it reports the problem
 
 
-def _load_tfds(name: str, data_dir) -> Dataset:
+def _load_tfds(name: str, data_dir, *, image_size: int = 224,
+               resize_size: int = 0) -> Dataset:
   """Any TFDS image-classification dataset, whole in memory: `num_classes`
   from the label feature, the image size from the data, and the mean/std
   from the published constants (CIFAR, ImageNet) or else the training
-  images' channel statistics."""
+  images' channel statistics.
+
+  A dataset whose image feature has no fixed size (shape (None, None, 3):
+  oxford_flowers102, caltech101, food101, ...) is brought to `image_size`
+  x `image_size` by the streaming path's rule (`resize_center_crop`: the
+  shorter side to `resize_size`, 0 = round(S * 256 / 224), bicubic
+  antialiased, centre crop), image by image, so the arrays equal what
+  `pipeline="stream"` would feed (never zero-padded)."""
   if name.startswith("imagenet"):
     raise errors.ConfigError(
         f"{name!r} is too large to hold in memory; stream it with "
@@ -806,8 +1110,14 @@ def _load_tfds(name: str, data_dir) -> Dataset:
   features = check_image_classification(builder, name, data_dir)
   test_split = _tfds_test_split(tfds, name, data_dir,
                                 set(builder.info.splits.keys()))
-  train = _tfds_split_to_numpy(tfds, builder, name, "train", data_dir)
-  test = _tfds_split_to_numpy(tfds, builder, name, test_split, data_dir)
+  if variable_size(features):
+    rule = dict(image_size=int(image_size), resize_size=int(resize_size))
+    train = _tfds_split_resized(tfds, builder, name, "train", data_dir, **rule)
+    test = _tfds_split_resized(tfds, builder, name, test_split, data_dir,
+                               **rule)
+  else:
+    train = _tfds_split_to_numpy(tfds, builder, name, "train", data_dir)
+    test = _tfds_split_to_numpy(tfds, builder, name, test_split, data_dir)
   num_classes = getattr(features["label"], "num_classes", None)
   num_classes = int(num_classes) if num_classes else None
   try:

@@ -14,10 +14,11 @@ per-layer summary and the expected-ops table and writes into the workdir:
   policy_preview_layers.png the first images again, one row per layer
 
 Preview images (`preview_images`): the first test image of each class of
-`config.input` when it is an npz file that can be read (the offline CIFAR-10
-by default); otherwise (a TFDS or streamed input, or no file) synthetic
-images (`synthetic_images`: gradients and shapes that show geometry and
-colour changes), with a note on the console. A policy over the ImageNet space
+`config.input`, an npz file (the offline CIFAR-10 by default) or a TFDS
+dataset (in memory or streamed, as the run reads it); when it cannot be read
+(no file, a dataset not prepared) synthetic images (`synthetic_images`:
+gradients and shapes that show geometry and colour changes), with a note on
+the console. A policy over the ImageNet space
 works on S x S images (its RandCutout60 and RandResizeCrop are sized for
 224): the images are resized bilinearly to `config.inspect.image_size`
 (0: 224 for ImageNet, the data's own size for CIFAR), so CIFAR images look
@@ -40,13 +41,16 @@ import numpy as np
 
 from deepaa_jax import config as config_lib
 from deepaa_jax import errors
+from deepaa_jax import input_pipeline
+from deepaa_jax import official
 from deepaa_jax import plots
 from deepaa_jax import policy as policy_lib
 from deepaa_jax import space as space_lib
+from deepaa_jax import streaming
 from deepaa_jax import train as train_lib
 from deepaa_jax import utils
 
-OFFICIAL_NAMES = ("cifar_1", "cifar_2", "imagenet_1", "imagenet_2")
+OFFICIAL_NAMES = official.NAMES  # cifar_1, cifar_2, imagenet_1, imagenet_2
 BASELINES = ("none", "standard", "standard_cutout", "trivialaugment", "deepta")
 IMAGENET_PREVIEW_SIZE = 224  # S of the ImageNet space's ops (cutout 60 px).
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
@@ -85,8 +89,8 @@ def load_any_policy(config) -> policy_lib.Policy:
   if kind == "auto":
     if path in BASELINES:
       kind = path
-    elif path in OFFICIAL_NAMES:
-      kind, path = "official", config_lib.official_policy_path(path)
+    elif path in OFFICIAL_NAMES:  # ../shared, the cache, or a download
+      kind, path = "official", str(official.fetch(path))
     else:
       kind = "file"  # an npz or JSON file: decided by its first bytes
   elif kind not in policy_lib.KINDS:
@@ -116,6 +120,8 @@ def _load_file(path: str, kind: str) -> policy_lib.Policy:
     raise errors.ConfigError(
         "config.policy.path is empty; give a JSON policy, an official npz, an "
         f"official name {OFFICIAL_NAMES} or a baseline name {BASELINES}")
+  if not utils.resolve_path(path).exists():
+    path = official.resolve(path)  # an official file name: fetched
   resolved = utils.resolve_path(path)
   if not resolved.exists():
     names = BASELINES + OFFICIAL_NAMES
@@ -277,6 +283,10 @@ def _npz_test_images(path, num: int) -> np.ndarray:
   return picked
 
 
+def _as_dict(config) -> Dict[str, Any]:
+  return config.to_dict() if hasattr(config, "to_dict") else dict(config)
+
+
 def preview_images(input_config, space: space_lib.SearchSpace, *,
                    num: int = 8, image_size: int = 0
                    ) -> Tuple[np.ndarray, str]:
@@ -284,9 +294,11 @@ def preview_images(input_config, space: space_lib.SearchSpace, *,
 
   Args:
     input_config: a `config.input` section (`input_pipeline`): an npz
-      source that can be read gives its first test image of each class;
-      anything else (TFDS, streamed, missing or unreadable file) gives
-      `synthetic_images`.
+      source that can be read, or a TFDS one (in memory or streamed;
+      `input_pipeline.tfds_test_images`, at S x S when the run reads them
+      so), gives its first test image of each class; the default CIFAR-10
+      npz, when absent, its TFDS cifar10 if prepared; anything else (a
+      missing or unreadable file or dataset) gives `synthetic_images`.
     space: the policy's space; the ImageNet space's images are brought to
       `IMAGENET_PREVIEW_SIZE` (224) unless `image_size` says otherwise.
     num: number of images.
@@ -298,6 +310,7 @@ def preview_images(input_config, space: space_lib.SearchSpace, *,
   """
   source = None
   images = None
+  tfds_config = None  # read the dataset's own images from TFDS
   if str(input_config.get("source", "npz")) == "npz":
     path = utils.resolve_path(input_config.get("npz_path") or "")
     if path.is_file():
@@ -309,9 +322,23 @@ def preview_images(input_config, space: space_lib.SearchSpace, *,
                   f"{type(e).__name__}: {str(e)[:120]})")
     else:
       source = f"synthetic images (no npz file at {path})"
+      if (str(input_config.get("name")) == "cifar10"
+          and input_pipeline.is_default_npz_path(path)):
+        # A clone without ../shared trains on TFDS cifar10 (if prepared).
+        import ml_collections  # pylint: disable=g-import-not-at-top
+        tfds_config = ml_collections.ConfigDict(dict(
+            _as_dict(input_config), source="tfds", pipeline="memory"))
   else:
-    source = (f"synthetic images (config.input.source="
-              f"{input_config.get('source')!r} is not read for a preview)")
+    tfds_config = input_config
+  if tfds_config is not None:
+    try:
+      images, source = input_pipeline.tfds_test_images(
+          tfds_config, num, streams=streaming.wants_streaming(tfds_config))
+    except Exception as e:  # pylint: disable=broad-except
+      why = (f"TFDS {str(input_config.get('name'))!r} could not be read: "
+             f"{type(e).__name__}: {' '.join(str(e).split())[:120]}")
+      source = (f"{source[:-1]}; {why})" if source else
+                f"synthetic images ({why})")
   size = image_size or (IMAGENET_PREVIEW_SIZE if space.name == "imagenet"
                         else 0)
   if images is None:

@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from deepaa_jax import errors
+from deepaa_jax import official
 from deepaa_jax import policy_format
 from deepaa_jax import space as space_lib
 from deepaa_jax import utils
@@ -424,7 +425,9 @@ def make_policy(config, space: space_lib.SearchSpace) -> Policy:
     if not config.get("path"):
       raise errors.ConfigError(f"config.policy.path is required for "
                                f"kind={kind!r}")
-    path = utils.as_path(config.path)
+    # An official name or file name not present here: fetched (and cached)
+    # from the authors' repository, sha256-checked (`official.fetch`).
+    path = utils.as_path(official.resolve(config.path))
     if not path.is_file():
       raise FileNotFoundError(f"config.policy.path: no policy file at {path}")
     # At least one layer: no augmentation is kind="none", not an empty file.

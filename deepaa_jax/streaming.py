@@ -58,10 +58,10 @@ AUTO_STREAM_BYTES = 4 << 30
 _TAG_ORDER = 0x6f72646572  # "order": the seed stream of the epoch orders
 
 
-def default_resize(image_size: int) -> int:
-  """The shorter side before the centre crop: round(S * 256 / 224), i.e. 256
-  for S = 224 (torchvision's Resize(256) + CenterCrop(224))."""
-  return int(round(image_size * 256 / 224))
+# The S x S rule of the host (`input_pipeline`, which also applies it to
+# in-memory datasets of varying image size), re-exported here.
+default_resize = input_pipeline.default_resize
+resize_center_crop = input_pipeline.resize_center_crop
 
 
 # ---------------------------------------------------------------------------
@@ -299,26 +299,6 @@ class StreamingDataset:
             f"this stream: {_one_line(e)}") from None
       done += 1
       yield {k: v.numpy() for k, v in item.items()}
-
-
-def resize_center_crop(tf, image, resize_size: int, crop_size: int):
-  """uint8[H, W, 3] -> uint8[crop, crop, 3]: the shorter side to
-  `resize_size` (long side int(size * long / short), as torchvision), bicubic
-  antialiased, then the centre crop (offsets round((H' - crop) / 2))."""
-  shape = tf.shape(image)
-  h, w = tf.cast(shape[0], tf.float64), tf.cast(shape[1], tf.float64)
-  short = tf.minimum(h, w)
-  new_h = tf.where(h <= w, resize_size,
-                   tf.cast(tf.floor(resize_size * h / short), tf.int32))
-  new_w = tf.where(w <= h, resize_size,
-                   tf.cast(tf.floor(resize_size * w / short), tf.int32))
-  resized = tf.image.resize(image, tf.stack([new_h, new_w]),
-                            method="bicubic", antialias=True)
-  top = tf.cast(tf.round((new_h - crop_size) / 2), tf.int32)
-  left = tf.cast(tf.round((new_w - crop_size) / 2), tf.int32)
-  cropped = resized[top:top + crop_size, left:left + crop_size]
-  cropped = tf.cast(tf.clip_by_value(tf.round(cropped), 0, 255), tf.uint8)
-  return tf.ensure_shape(cropped, (crop_size, crop_size, 3))
 
 
 def _one_line(error: BaseException) -> str:

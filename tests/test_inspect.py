@@ -197,10 +197,13 @@ def test_preview_images_fall_back_to_synthetic_and_resize():
   assert source.startswith("synthetic images (no npz file at")
   assert len({im.tobytes() for im in images}) == 4  # all different
   config.input.source = "tfds"
+  config.input.data_dir = "/nonexistent/tfds"
   images, source = inspect_job.preview_images(
       config.input, space_lib.imagenet_space(), num=2)
   assert images.shape == (2, 224, 224, 3)
-  assert "config.input.source='tfds'" in source and "224x224" in source
+  # A TFDS input that is not prepared: synthetic, saying why.
+  assert "TFDS 'cifar10' could not be read" in source, source
+  assert "224x224" in source
   images, _ = inspect_job.preview_images(config.input, CIFAR, num=2,
                                          image_size=48)
   assert images.shape == (2, 48, 48, 3)

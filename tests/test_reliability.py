@@ -1477,3 +1477,402 @@ def test_v_uint16_advice_scales_instead_of_saturating():
   assert "np.clip" not in message, message
   advice = (np.full(3, 40000, np.uint16) >> 8).astype(np.uint8)
   np.testing.assert_array_equal(advice, 156)  # 40000 / 65535 of 255, not 255
+
+
+# ---------------------------------------------------------------------------
+# First run and data (issue 20, findings 1, 10 and 12): variable-size TFDS
+# images in memory, a clone without ../shared (CIFAR-10 and the official
+# policies), previews of a TFDS input.
+# ---------------------------------------------------------------------------
+
+# (section: first run and data)
+
+# Imported here, not at the top, so that this section's edits stay in it.
+import functools as first_functools  # pylint: disable=g-import-not-at-top,g-bad-import-order
+import hashlib as first_hashlib  # pylint: disable=g-import-not-at-top,g-bad-import-order
+import http.server as first_http  # pylint: disable=g-import-not-at-top,g-bad-import-order
+import threading as first_threading  # pylint: disable=g-import-not-at-top,g-bad-import-order
+from deepaa_jax import config as first_config  # pylint: disable=g-import-not-at-top
+from deepaa_jax import input_pipeline as first_input  # pylint: disable=g-import-not-at-top
+from deepaa_jax import inspect_job as first_inspect  # pylint: disable=g-import-not-at-top
+from deepaa_jax import official as first_official  # pylint: disable=g-import-not-at-top
+from deepaa_jax import streaming as first_streaming  # pylint: disable=g-import-not-at-top
+from deepaa_jax import utils as first_utils  # pylint: disable=g-import-not-at-top
+from tests.conftest import OFFICIAL_POLICIES as _FIRST_SHARED_POLICIES  # pylint: disable=g-import-not-at-top
+
+_FIRST_CLASSES = 3
+
+
+def _first_smooth_images(count, seed, low=24, high=80):
+  """`count` smooth uint8[h, w, 3] images of random h, w in [low, high),
+  non-square, values in [60, 200] (a zero pixel can only be padding). The
+  first is high - 1 tall, the second high - 1 wide (as in the probe, every
+  split then pads to the same (high - 1)^2 canvas)."""
+  rng = np.random.default_rng(seed)
+  images = []
+  for i in range(count):
+    h, w = (int(v) for v in rng.integers(low, high - 1, 2))
+    h, w = (high - 1 if i == 0 else h), (high - 1 if i == 1 else w)
+    if h == w:
+      w = low + (w - low + 7) % (high - 1 - low)
+    yy, xx = np.mgrid[0:h, 0:w] / np.array([h, w])[:, None, None]
+    phase = rng.uniform(0, 2 * np.pi, 3)
+    image = np.stack([130 + 70 * np.sin(2 * np.pi * (xx + 0.5 * yy) + p)
+                      for p in phase], -1)
+    images.append(np.clip(np.rint(image), 60, 200).astype(np.uint8))
+  return images
+
+
+def _first_store(data_dir, name, train, test, shape=(None, None, 3)):
+  """A real prepared TFDS dataset `name` (PNG, lossless; file order kept):
+  example i has label i % 3."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  features = tfds.features.FeaturesDict({
+      "image": tfds.features.Image(shape=shape, encoding_format="png"),
+      "label": tfds.features.ClassLabel(num_classes=_FIRST_CLASSES)})
+  split = lambda images: [(i, {"image": im, "label": i % _FIRST_CLASSES})
+                          for i, im in enumerate(images)]
+  tfds.dataset_builders.store_as_tfds_dataset(
+      name=name, version="1.0.0", features=features,
+      split_datasets={"train": split(train), "test": split(test)},
+      data_dir=str(data_dir), disable_shuffling=True)
+
+
+@pytest.fixture(scope="module")
+def first_mixed(tmp_path_factory):
+  """A prepared TFDS dataset 'deepaa_mixed' of 24-79 px non-square images
+  (the probe's oxford_flowers102-like case): (data_dir, train, test)."""
+  pytest.importorskip("tensorflow_datasets")
+  data_dir = tmp_path_factory.mktemp("tfds_mixed")
+  train, test = _first_smooth_images(12, 0), _first_smooth_images(6, 1)
+  _first_store(data_dir, "deepaa_mixed", train, test)
+  return data_dir, train, test
+
+
+def _first_input(name, data_dir, **overrides):
+  config = first_input.default_input_config()
+  config.update(dict(name=name, source="tfds", data_dir=str(data_dir),
+                     pipeline="memory", image_size=32))
+  config.update(overrides)
+  return config
+
+
+def _first_rule(images, size=32):
+  """The stream's S x S rule applied to each original image (reference 1:
+  the function `streaming` documents and uses)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  resize = first_streaming.default_resize(size)
+  return np.stack([first_streaming.resize_center_crop(
+      tf, tf.constant(im), resize, size).numpy() for im in images])
+
+
+def _first_pil_rule(image, size=32):
+  """Reference 2, independent of TensorFlow: Pillow's bicubic resize of
+  the shorter side to round(S * 256 / 224), then the centre crop."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  h, w = image.shape[:2]
+  short = first_streaming.default_resize(size)
+  nh, nw = ((short, int(short * w / h)) if h <= w
+            else (int(short * h / w), short))
+  out = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BICUBIC))
+  top, left = int(round((nh - size) / 2)), int(round((nw - size) / 2))
+  return out[top:top + size, left:left + size]
+
+
+def test_first_variable_size_tfds_in_memory_follows_the_stream_rule(
+    first_mixed):
+  """Finding 1: a prepared TFDS dataset of 24-79 px non-square images came
+  out of the in-memory path as (N, 79, 79, 3), every image in the top-left
+  corner of a black canvas (55 % padding), exit 0. Now each image is
+  brought to S x S by the streaming rule, exactly as the stream feeds it."""
+  data_dir, train, test = first_mixed
+  dataset = first_input.load_dataset(_first_input("deepaa_mixed", data_dir))
+  assert dataset.image_shape == (32, 32, 3)
+  for split, originals in (("train", train), ("test", test)):
+    images = dataset.splits[split].images
+    assert images.shape == (len(originals), 32, 32, 3)
+    assert images.min() > 0  # originals are in [60, 200]: no padding
+    np.testing.assert_array_equal(images, _first_rule(originals))
+    np.testing.assert_array_equal(dataset.splits[split].labels,
+                                  np.arange(len(originals)) % 3)
+    # Independent of TF: Pillow's bicubic resize and crop agree closely.
+    pil = np.stack([_first_pil_rule(im) for im in originals])
+    diff = np.abs(images.astype(int) - pil.astype(int))
+    assert diff.mean() < 1.5 and diff.max() <= 12, (diff.mean(), diff.max())
+  # The same arrays as the streaming path reads (resize_size 0 alike).
+  stream = first_streaming.open_streaming(_first_input(
+      "deepaa_mixed", data_dir, pipeline="stream", tfds_eval_split="test"))
+  np.testing.assert_array_equal(stream.take(len(test), spec="test").images,
+                                dataset.test.images)
+
+
+def test_first_fixed_size_tfds_in_memory_is_unchanged(tmp_path):
+  """Finding 1, the other side: a fixed-size dataset keeps its own pixels
+  and size (config.input.image_size does not apply to it)."""
+  rng = np.random.default_rng(3)
+  train = [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for _ in range(6)]
+  test = [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for _ in range(3)]
+  _first_store(tmp_path, "deepaa_fixed", train, test, shape=(8, 8, 3))
+  dataset = first_input.load_dataset(_first_input("deepaa_fixed", tmp_path))
+  np.testing.assert_array_equal(dataset.train.images, np.stack(train))
+  np.testing.assert_array_equal(dataset.test.images, np.stack(test))
+
+
+@pytest.fixture
+def first_clone(tmp_path, monkeypatch):
+  """A checkout without ../shared: the current directory and the
+  repository root are tmp_path/clone/repo (tmp_path/clone has no shared/);
+  caches and TFDS go to tmp_path."""
+  repo = tmp_path / "clone" / "repo"
+  repo.mkdir(parents=True)
+  monkeypatch.chdir(repo)
+  monkeypatch.setattr(first_utils, "REPO_ROOT", repo)
+  monkeypatch.setattr(first_official, "_REPO_ROOT", repo)
+  monkeypatch.setenv(first_official.CACHE_ENV, str(tmp_path / "cache"))
+  for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY",
+              "no_proxy", "NO_PROXY"):
+    monkeypatch.delenv(var, raising=False)
+  return tmp_path
+
+
+def _first_closed_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _first_offline(monkeypatch):
+  """Every download goes through a proxy on a closed local port: refused at
+  once, as offline (and never a real download, online or not)."""
+  proxy = f"http://127.0.0.1:{_first_closed_port()}"
+  for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+    monkeypatch.setenv(var, proxy)
+
+
+def test_first_clone_reads_tfds_cifar10_in_the_original_order(first_clone):
+  """Finding 10: a clone without ../shared ended with "no npz file at
+  ../shared/data/cifar10.npz", TFDS not mentioned. Now the default npz,
+  absent, falls back to TFDS cifar10 (here prepared, and stored in TFDS's
+  shuffled order), read back in the original CIFAR order from its ids."""
+  from experiments import prepare_tfds  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  arrays = {"train_images": rng.integers(0, 256, (30, 32, 32, 3), np.uint8),
+            "train_labels": np.arange(30) % 10,
+            "test_images": rng.integers(0, 256, (10, 32, 32, 3), np.uint8),
+            "test_labels": np.arange(10)}
+  np.savez(first_clone / "small.npz", **arrays)
+  data_dir = first_clone / "tfds"
+  prepare_tfds.write_tfds_from_npz(str(first_clone / "small.npz"),
+                                   str(data_dir), name="cifar10")
+  config = first_config.load_config_file(_REPO / "configs" / "cifar10_cpu.py")
+  assert not pathlib.Path(config.input.npz_path).exists()
+  config.input.data_dir = str(data_dir)
+  first_config.validate(config)  # the absent default npz is not an error
+  dataset = first_input.load_dataset(config.input)
+  np.testing.assert_array_equal(dataset.train.images, arrays["train_images"])
+  np.testing.assert_array_equal(dataset.train.labels, arrays["train_labels"])
+  np.testing.assert_array_equal(dataset.test.images, arrays["test_images"])
+  # The preview reads the same data.
+  images, source = first_inspect.preview_images(
+      config.input, space_lib.cifar_space(), num=3)
+  np.testing.assert_array_equal(images, arrays["test_images"][:3])
+  assert "cifar10" in source and "synthetic" not in source, source
+
+
+def test_first_clone_offline_without_cifar10_is_one_line(first_clone,
+                                                         monkeypatch):
+  """Finding 10: offline and without the npz, one line names both ways
+  forward (`tfds build cifar10`, --config.input.npz_path), in a second (not
+  after TFDS's ten retries, ~3.5 min); a path the user gave is never
+  replaced by other data."""
+  _first_offline(monkeypatch)
+  config = first_config.load_config_file(_REPO / "configs" / "cifar10_cpu.py")
+  config.input.data_dir = str(first_clone / "tfds")
+  first_config.validate(config)
+  start = time.monotonic()
+  with pytest.raises(errors.DatasetNotFoundError) as info:
+    first_input.load_dataset(config.input)
+  assert time.monotonic() - start < 30
+  message = str(info.value)
+  assert "\n" not in message, message
+  for needle in ("tfds build cifar10", "--config.input.npz_path",
+                 config.input.npz_path):
+    assert needle in message, (needle, message)
+  config.input.npz_path = str(first_clone / "typo.npz")
+  with pytest.raises(errors.ConfigError, match="typo.npz"):
+    first_config.validate(config)
+  with pytest.raises(errors.DatasetNotFoundError) as info:
+    first_input.load_dataset(config.input)
+  assert "typo.npz" in str(info.value)
+  assert "tfds build" not in str(info.value)
+
+
+class _FirstQuietHandler(first_http.SimpleHTTPRequestHandler):
+
+  def log_message(self, *args):  # pylint: disable=arguments-differ
+    pass
+
+
+@pytest.fixture
+def first_policy_server(tmp_path):
+  """A local HTTP server: /good/ holds the four official files (copied
+  from ../shared by the test, never into the repository), /bad/ a
+  cifar_1 with one byte changed. Yields its base URL."""
+  if not _FIRST_SHARED_POLICIES.is_dir():
+    pytest.skip(f"official policies not found at {_FIRST_SHARED_POLICIES}")
+  root = tmp_path / "served"
+  for folder in ("good", "bad"):
+    (root / folder).mkdir(parents=True)
+  for name in first_official.NAMES:
+    data = (_FIRST_SHARED_POLICIES / first_official.file_name(name)
+            ).read_bytes()
+    (root / "good" / first_official.file_name(name)).write_bytes(data)
+  tampered = bytearray((root / "good" / "policy_DeepAA_cifar_1.npz"
+                        ).read_bytes())
+  tampered[-40] ^= 1
+  (root / "bad" / "policy_DeepAA_cifar_1.npz").write_bytes(bytes(tampered))
+  server = first_http.ThreadingHTTPServer(
+      ("127.0.0.1", 0),
+      first_functools.partial(_FirstQuietHandler, directory=str(root)))
+  thread = first_threading.Thread(target=server.serve_forever, daemon=True)
+  thread.start()
+  yield f"http://127.0.0.1:{server.server_address[1]}"
+  server.shutdown()
+  server.server_close()
+
+
+def test_first_pinned_hashes_are_the_shared_files():
+  """Finding 10: the pinned sha256 are those of the authors' files (the
+  ../shared copies, which are the bytes of policy_port/ at the commit)."""
+  if not _FIRST_SHARED_POLICIES.is_dir():
+    pytest.skip(f"official policies not found at {_FIRST_SHARED_POLICIES}")
+  for name in first_official.NAMES:
+    data = (_FIRST_SHARED_POLICIES / first_official.file_name(name)
+            ).read_bytes()
+    assert first_hashlib.sha256(data).hexdigest() == first_official.SHA256[
+        name], name
+  assert first_official.url("cifar_1") == (
+      "https://raw.githubusercontent.com/MSU-MLSys-Lab/DeepAA/"
+      f"{first_official.COMMIT}/policy_port/policy_DeepAA_cifar_1.npz")
+  # Present beside the checkout: the ../shared copy, no download.
+  assert first_official.fetch("cifar_1") == (
+      _FIRST_SHARED_POLICIES / "policy_DeepAA_cifar_1.npz").resolve()
+
+
+def test_first_clone_fetches_checks_and_caches_official_policies(
+    first_clone, first_policy_server, monkeypatch):
+  """Finding 10: `--config.policy.path=cifar_1` (and every config that
+  defaults to an official policy) failed in a clone: the files existed only
+  in ../shared. Now they are downloaded on first use, sha256-checked and
+  cached; later uses need no server."""
+  monkeypatch.setenv(first_official.URL_ENV, first_policy_server + "/good")
+  path = first_config.official_policy_path("cifar_2")
+  cache = first_clone / "cache" / "policies"
+  assert path == str(cache / "policy_DeepAA_cifar_2.npz")
+  assert not cache.exists()
+  config = first_config.load_config_file(
+      _REPO / "configs" / "cifar10_train_cpu.py", "cifar_2")
+  assert config.policy.path == path
+  first_config.validate(config)  # not here yet: fetched on first use
+  policy = policy_lib.make_policy(config.policy, space_lib.cifar_space())
+  reference = policy_lib.load_official_npz(
+      _FIRST_SHARED_POLICIES / "policy_DeepAA_cifar_2.npz")
+  np.testing.assert_array_equal(policy.probs, reference.probs)
+  assert (cache / "policy_DeepAA_cifar_2.npz").read_bytes() == (
+      _FIRST_SHARED_POLICIES / "policy_DeepAA_cifar_2.npz").read_bytes()
+  # The inspect job's official names too; then, with no server, the cache.
+  by_name = first_inspect.load_any_policy(ml_collections.ConfigDict(
+      {"kind": "auto", "path": "imagenet_1", "space": "auto",
+       "num_layers": 6}))
+  assert by_name.space_name == "imagenet"
+  monkeypatch.setenv(first_official.URL_ENV,
+                     f"http://127.0.0.1:{_first_closed_port()}")
+  again = policy_lib.make_policy(config.policy, space_lib.cifar_space())
+  np.testing.assert_array_equal(again.probs, reference.probs)
+  assert sorted(p.name for p in cache.iterdir()) == [
+      "policy_DeepAA_cifar_2.npz", "policy_DeepAA_imagenet_1.npz"]
+
+
+def test_first_tampered_official_policy_is_refused(first_clone,
+                                                    first_policy_server,
+                                                    monkeypatch):
+  """Finding 10: a download with another sha256 is refused in one line and
+  nothing is cached."""
+  monkeypatch.setenv(first_official.URL_ENV, first_policy_server + "/bad")
+  with pytest.raises(errors.PolicyFileError) as info:
+    first_official.fetch("cifar_1")
+  message = str(info.value)
+  assert "\n" not in message
+  for needle in ("sha256", first_official.SHA256["cifar_1"],
+                 first_policy_server + "/bad/policy_DeepAA_cifar_1.npz",
+                 "--config.policy.path"):
+    assert needle in message, (needle, message)
+  cache = first_clone / "cache" / "policies"
+  assert not cache.exists() or not list(cache.iterdir())
+
+
+def test_first_official_policy_offline_is_one_line(first_clone, monkeypatch):
+  """Finding 10: offline (an unreachable URL), one line gives the URL and
+  the --config.policy.path fix, through every reader of official names."""
+  base = f"http://127.0.0.1:{_first_closed_port()}/p"
+  monkeypatch.setenv(first_official.URL_ENV, base)
+  config = first_config.load_config_file(
+      _REPO / "configs" / "cifar10_train_cpu.py", "cifar_1")
+  readers = (
+      lambda: policy_lib.make_policy(config.policy, space_lib.cifar_space()),
+      lambda: first_inspect.load_any_policy(ml_collections.ConfigDict(
+          {"kind": "auto", "path": "cifar_1", "space": "auto",
+           "num_layers": 6})))
+  for read in readers:
+    with pytest.raises(errors.PolicyFileError) as info:
+      read()
+    message = str(info.value)
+    assert "\n" not in message
+    for needle in (base + "/policy_DeepAA_cifar_1.npz",
+                   "--config.policy.path=/path/to/policy_DeepAA_cifar_1.npz"):
+      assert needle in message, (needle, message)
+
+
+def test_first_official_module_imports_no_jax():
+  """The download/cache module is usable without JAX or TensorFlow."""
+  code = ("import sys; import deepaa_jax.official; "
+          "print(sorted(m for m in ('jax', 'tensorflow') if m in "
+          "sys.modules))")
+  out = subprocess.run([sys.executable, "-c", code], cwd=_REPO,
+                       capture_output=True, text=True, timeout=60, check=True)
+  assert out.stdout.strip() == "[]", out
+
+
+def test_first_tfds_preview_uses_the_dataset_images(first_mixed):
+  """Finding 12: the policy preview showed synthetic images for any TFDS
+  input. Now it shows the first test image of each class, as the run reads
+  them (S x S by the streaming rule for these varying sizes), in memory and
+  streamed alike."""
+  data_dir, _, test = first_mixed
+  expected = _first_rule(test[:_FIRST_CLASSES])  # labels 0, 1, 2 first
+  for pipeline in ("memory", "stream"):
+    config = _first_input("deepaa_mixed", data_dir, pipeline=pipeline,
+                          tfds_eval_split="test")
+    images, source = first_inspect.preview_images(
+        config, space_lib.cifar_space(), num=_FIRST_CLASSES)
+    np.testing.assert_array_equal(images, expected)
+    assert "synthetic" not in source and "deepaa_mixed" in source, source
+  # A fixed-size dataset: its own pixels; class order, not file order.
+  rng = np.random.default_rng(5)
+  test = [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for _ in range(7)]
+  labels = [2, 2, 1, 0, 1, 0, 2]
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  features = tfds.features.FeaturesDict({
+      "image": tfds.features.Image(shape=(8, 8, 3), encoding_format="png"),
+      "label": tfds.features.ClassLabel(num_classes=3)})
+  tfds.dataset_builders.store_as_tfds_dataset(
+      name="deepaa_preview", version="1.0.0", features=features,
+      split_datasets={s: [(i, {"image": im, "label": l}) for i, (im, l) in
+                          enumerate(zip(test, labels))]
+                      for s in ("train", "test")},
+      data_dir=str(data_dir), disable_shuffling=True)
+  images, _ = first_inspect.preview_images(
+      _first_input("deepaa_preview", data_dir), space_lib.cifar_space(),
+      num=4)
+  np.testing.assert_array_equal(images, np.stack(
+      [test[3], test[2], test[0], test[1]]))  # classes 0, 1, 2, then rest
