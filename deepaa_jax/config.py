@@ -21,7 +21,6 @@ field and the allowed values, before anything is compiled.
 `num_epochs` / `num_steps` into a step count (big_vision `utils.steps`).
 """
 
-import difflib
 import importlib.util
 import math
 import pathlib
@@ -47,7 +46,6 @@ TRAIN_SPLITS = ("train", "pretrain", "pretrain_small")
 AUGMENT_METHODS = ("auto", "sequential", "vectorized")
 NORMALIZATIONS = ("eval", "search")
 POLICY_SPACES = ("cifar", "imagenet")
-INPUT_SOURCES = ("npz", "tfds")
 SEARCH_DATA_SPLITS = ("official", "small", "stream")
 
 
@@ -317,8 +315,7 @@ def _check_sections(config, job: str) -> None:
     return
   for key in config.keys():
     if key not in allowed:
-      close = difflib.get_close_matches(key, allowed, n=1)
-      hint = f"; did you mean config.{close[0]}?" if close else ""
+      hint = errors.did_you_mean(key, allowed, show="config.{}".format)
       raise errors.ConfigError(
           f"config.{key} is not a field of a job={job!r} config (fields: "
           f"{', '.join(allowed)}){hint}")
@@ -385,7 +382,7 @@ def _validate_inspect(config) -> None:
   _check(isinstance(c.audit_examples, int) and c.audit_examples >= 1,
          "config.inspect.audit_examples", "an integer >= 1",
          c.audit_examples)
-  _one_of("config.input.source", config.input.source, INPUT_SOURCES)
+  _one_of("config.input.source", config.input.source, input_pipeline.INPUT_SOURCES)
 
 
 def _validate_policy_variant(p, name) -> None:
@@ -505,7 +502,7 @@ def _validate_train(config, prefix: str = "config") -> None:
          "a non-negative integer", t.seed)
 
   # Input.
-  _one_of("config.input.source", i.source, INPUT_SOURCES)
+  _one_of("config.input.source", i.source, input_pipeline.INPUT_SOURCES)
   _check(i.train_subset >= 0, "config.input.train_subset", ">= 0 (0 = all)",
          i.train_subset)
   if t.train_split != "train" and i.train_subset:
@@ -757,8 +754,7 @@ def unknown_override(config, argv: Sequence[str]) -> Optional[str]:
     for field in path:
       keys = list(node.keys()) if hasattr(node, "keys") else []
       if field not in keys:
-        close = difflib.get_close_matches(field, keys, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        hint = errors.did_you_mean(field, keys)
         return f"{arg}: no field {field!r} in {'.'.join(parents)}{hint}"
       node, parents = node[field], parents + [field]
   return None

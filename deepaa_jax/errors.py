@@ -5,7 +5,12 @@ traceback; `--verbosity=1` shows it). Anything else is a bug and keeps its
 traceback. Each class also derives from the builtin a caller would expect
 (`ValueError`, `OSError`, ...), so `except ValueError` keeps working in
 notebooks.
+
+`did_you_mean` is the one spelling-suggestion helper for these messages.
 """
+
+import difflib
+from typing import Callable, Iterable
 
 
 class DeepAAError(Exception):
@@ -57,3 +62,20 @@ class DiskFullError(DeepAAError, OSError):
 
 class Interrupted(DeepAAError, KeyboardInterrupt):
   """Ctrl-C: the current step was saved; the message says how to resume."""
+
+
+def did_you_mean(name: str, choices: Iterable[str], *,
+                 show: Callable[[str], str] = repr) -> str:
+  """The hint that ends a one-line error about a misspelt name.
+
+  Args:
+    name: what the user wrote, e.g. "num_epoch".
+    choices: the valid names, e.g. a config section's keys.
+    show: how the suggestion is written (default `repr`: 'num_epochs').
+
+  Returns:
+    "; did you mean 'num_epochs'?" for the closest choice (`difflib`), or ""
+    when none is close.
+  """
+  close = difflib.get_close_matches(name, list(choices), n=1)
+  return f"; did you mean {show(close[0])}?" if close else ""

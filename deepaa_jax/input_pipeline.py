@@ -80,6 +80,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _KNOWN_NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet2012": 1000}
 
+# Where an in-memory dataset comes from (`config.input.source`); the one list
+# that `load_dataset` and `config.validate` check against.
+INPUT_SOURCES = ("npz", "tfds")
+
 # Official CIFAR search splits (spec §2.2): half-open index ranges into the
 # 50,000-image training set in its original order.
 CIFAR_TRAIN_SIZE = 50_000
@@ -548,9 +552,10 @@ def load_dataset(config) -> Dataset:
   source = str(_cfg_get(config, "source", "npz"))
   train_subset = int(_cfg_get(config, "train_subset", 0))
   subset_seed = int(_cfg_get(config, "subset_seed", 0))
-  if source not in ("npz", "tfds"):
+  if source not in INPUT_SOURCES:
+    allowed = " or ".join(repr(s) for s in INPUT_SOURCES)
     raise errors.ConfigError(
-        f"config.input.source must be 'npz' or 'tfds', got {source!r}.")
+        f"config.input.source must be {allowed}, got {source!r}.")
   if train_subset < 0:
     raise errors.ConfigError(
         "config.input.train_subset must be >= 0 (0 = all), got "

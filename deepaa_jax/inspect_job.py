@@ -31,7 +31,6 @@ space than `config.policy.space`, an unknown baseline name) raise
 """
 
 import csv
-import difflib
 import io
 import math
 from typing import Any, Dict, List, Optional, Tuple
@@ -125,8 +124,7 @@ def _load_file(path: str, kind: str) -> policy_lib.Policy:
   resolved = utils.resolve_path(path)
   if not resolved.exists():
     names = BASELINES + OFFICIAL_NAMES
-    close = difflib.get_close_matches(path, names, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
+    hint = errors.did_you_mean(path, names)
     raise errors.PolicyFileError(
         f"config.policy.path={path!r}: no such file, and not an official name "
         f"{OFFICIAL_NAMES} or a baseline name {BASELINES}{hint}")
