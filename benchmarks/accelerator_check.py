@@ -269,7 +269,7 @@ def section_train(sizes, deadline):
           continue
         model = _model(name, bf16=bf16)
         tx = optax.sgd(0.1, momentum=0.9, nesterov=True)
-        params, stats = train_lib._init(  # pylint: disable=protected-access
+        params, stats = train_lib.init_variables(
             model, (32, 32, 3), jax.random.key(0))
         state = train_lib.TrainState(jnp.zeros((), jnp.int32), params, stats,
                                      tx.init(params))

@@ -129,7 +129,7 @@ def main(argv):
     aug = SE._prepare_jit(settings, data, key, earlier, state.logits)
     n_grad = aug.val_labels.size + aug.g_labels.size
     n_jvp = aug.jvp_labels.size
-    per_group = R._resolve_chunk(chunk, aug.g_labels.shape[1])
+    per_group = R.resolve_chunk(chunk, aug.g_labels.shape[1])
     grad_chunk_args = (search_model.loss, search_model.w, search_model.frozen,
                        aug.g_images[0, :per_group], aug.g_labels[0, :per_group],
                        aug.g_weights[0, :per_group])
@@ -146,7 +146,7 @@ def main(argv):
         not FLAGS.project_only) else (None, None)
     u = jax.tree.map(lambda p: jnp.ones((s,) + p.shape, p.dtype) * 1e-3,
                      search_model.w)
-    jvp_per_group = R._resolve_chunk(chunk, aug.jvp_labels.shape[1])
+    jvp_per_group = R.resolve_chunk(chunk, aug.jvp_labels.shape[1])
 
     def jvp_chunk(imgs, labs):
       return R.jvp_rewards(search_model.loss, search_model.w,

@@ -71,7 +71,7 @@ def build_setting(setting: str):
   tc = config_lib.train_config()
   tc.num_epochs, tc.num_steps = 0, 1000
   shape = (FLAGS.image_size, FLAGS.image_size, 3)
-  params, stats = train._init(model, shape, jax.random.key(0))  # pylint: disable=protected-access
+  params, stats = train.init_variables(model, shape, jax.random.key(0))
   tx = train.make_optimizer(tc, params, 100)
   state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                            batch_stats=stats, opt_state=tx.init(params))

@@ -25,7 +25,7 @@ import importlib.util
 import math
 import pathlib
 import re
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import jax
 import ml_collections
@@ -715,83 +715,3 @@ def _validate_search(config) -> None:
     raise errors.ConfigError(
         f"config.evaluate.policy.first_layers={first_layers} but the search "
         f"finds config.search.num_layers={s.num_layers} layer(s)")
-
-
-# ---------------------------------------------------------------------------
-# Command-line errors.
-# ---------------------------------------------------------------------------
-
-
-def one_line(error: BaseException) -> str:
-  """An exception message on one line (ml_collections' KeyErrors are
-  repr-quoted and span lines)."""
-  message = error.args[0] if error.args else str(error)
-  message = str(message)
-  if isinstance(error, (KeyError, AttributeError)):
-    message = message.strip("'\"").replace("\\'", "'")
-  return " ".join(message.replace("\\n", "\n").split())
-
-
-def override_paths(argv: Sequence[str]) -> List[Tuple[str, List[str]]]:
-  """(argument, ["train", "num_epochs"]) for each `--config.a.b=v` in argv."""
-  out = []
-  for arg in argv:
-    if arg.startswith("--config."):
-      out.append((arg, arg[len("--config."):].split("=", 1)[0].split(".")))
-  return out
-
-
-def unknown_override(config, argv: Sequence[str]) -> Optional[str]:
-  """One line for the first `--config.*` override naming a field that the
-  config (from its file, before overrides) does not have, else None.
-
-  e.g. "--config.train.num_epoch=3: no field 'num_epoch' in config.train;
-  did you mean 'num_epochs'?". Checked against the config's own keys, not by
-  parsing library error text.
-  """
-  for arg, path in override_paths(argv):
-    node, parents = config, ["config"]
-    for field in path:
-      keys = list(node.keys()) if hasattr(node, "keys") else []
-      if field not in keys:
-        hint = errors.did_you_mean(field, keys)
-        return f"{arg}: no field {field!r} in {'.'.join(parents)}{hint}"
-      node, parents = node[field], parents + [field]
-  return None
-
-
-def bad_override_value(config, argv: Sequence[str]) -> Optional[str]:
-  """One line for the first `--config.*=value` whose value cannot be an
-  integer field's value, else None.
-
-  e.g. "--config.train.num_steps=1e12: config.train.num_steps is an
-  integer; write 1000000000000 (digits, no exponent or decimal point)",
-  where the flag parser would say "invalid literal for int()".
-  """
-  for arg, path in override_paths(argv):
-    if "=" not in arg:
-      continue
-    node = config
-    for field in path:
-      if not hasattr(node, "keys") or field not in node.keys():
-        node = None
-        break
-      node = node[field]
-    if not isinstance(node, int) or isinstance(node, bool):
-      continue
-    text = arg.split("=", 1)[1].strip()
-    try:
-      int(text)
-      continue
-    except ValueError:
-      pass
-    name = "config." + ".".join(path)
-    try:
-      number = float(text)
-    except ValueError:
-      number = None
-    if number is not None and math.isfinite(number) and number.is_integer():
-      return (f"{arg}: {name} is an integer; write {int(number)} (digits, no "
-              "exponent or decimal point)")
-    return f"{arg}: {name} must be an integer, got {text!r}"
-  return None

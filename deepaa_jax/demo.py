@@ -15,7 +15,7 @@ from deepaa_jax import space as space_lib
 from deepaa_jax import utils
 
 
-def run_demo(config, workdir: str) -> utils.AnyPath:
+def run(config, workdir: str) -> utils.AnyPath:
   """Prints the space's table and writes the transform grid; returns its path.
 
   Args:

@@ -6,7 +6,8 @@ traceback. Each class also derives from the builtin a caller would expect
 (`ValueError`, `OSError`, ...), so `except ValueError` keeps working in
 notebooks.
 
-`did_you_mean` is the one spelling-suggestion helper for these messages.
+`did_you_mean` is the one spelling-suggestion helper for these messages, and
+`one_line` is how `main` (and scripts) print any of them.
 """
 
 import difflib
@@ -79,3 +80,13 @@ def did_you_mean(name: str, choices: Iterable[str], *,
   """
   close = difflib.get_close_matches(name, list(choices), n=1)
   return f"; did you mean {show(close[0])}?" if close else ""
+
+
+def one_line(error: BaseException) -> str:
+  """An exception message on one line (ml_collections' KeyErrors are
+  repr-quoted and span lines)."""
+  message = error.args[0] if error.args else str(error)
+  message = str(message)
+  if isinstance(error, (KeyError, AttributeError)):
+    message = message.strip("'\"").replace("\\'", "'")
+  return " ".join(message.replace("\\n", "\n").split())

@@ -398,7 +398,7 @@ def write_previews(workdir, policy: policy_lib.Policy, input_config, *,
 # ---------------------------------------------------------------------------
 
 
-def run_inspect(config, workdir) -> Dict[str, Any]:
+def run(config, workdir) -> Dict[str, Any]:
   """The inspect job (`job="inspect"`): summary, tables and plots of a policy.
 
   Args:
@@ -497,7 +497,7 @@ def _audit_label(layer: Dict[str, Any]) -> str:
 
 
 def default_inspect_config():
-  """The `config.inspect` section (see `run_inspect`)."""
+  """The `config.inspect` section (see `run`)."""
   import ml_collections  # pylint: disable=g-import-not-at-top
   c = ml_collections.ConfigDict()
   c.num_images = 8  # N preview images (the first test image of each class).

@@ -11,8 +11,10 @@ line and every traceback back.
 """
 
 import errno
+import math
 import os
 import sys
+from typing import List, Optional, Sequence, Tuple
 
 from absl import app
 from absl import flags
@@ -69,6 +71,71 @@ def _config_file(argv) -> str:
   return ""
 
 
+def override_paths(argv: Sequence[str]) -> List[Tuple[str, List[str]]]:
+  """(argument, ["train", "num_epochs"]) for each `--config.a.b=v` in argv."""
+  out = []
+  for arg in argv:
+    if arg.startswith("--config."):
+      out.append((arg, arg[len("--config."):].split("=", 1)[0].split(".")))
+  return out
+
+
+def unknown_override(config, argv: Sequence[str]) -> Optional[str]:
+  """One line for the first `--config.*` override naming a field that the
+  config (from its file, before overrides) does not have, else None.
+
+  e.g. "--config.train.num_epoch=3: no field 'num_epoch' in config.train;
+  did you mean 'num_epochs'?". Checked against the config's own keys, not by
+  parsing library error text.
+  """
+  for arg, path in override_paths(argv):
+    node, parents = config, ["config"]
+    for field in path:
+      keys = list(node.keys()) if hasattr(node, "keys") else []
+      if field not in keys:
+        hint = errors.did_you_mean(field, keys)
+        return f"{arg}: no field {field!r} in {'.'.join(parents)}{hint}"
+      node, parents = node[field], parents + [field]
+  return None
+
+
+def bad_override_value(config, argv: Sequence[str]) -> Optional[str]:
+  """One line for the first `--config.*=value` whose value cannot be an
+  integer field's value, else None.
+
+  e.g. "--config.train.num_steps=1e12: config.train.num_steps is an
+  integer; write 1000000000000 (digits, no exponent or decimal point)",
+  where the flag parser would say "invalid literal for int()".
+  """
+  for arg, path in override_paths(argv):
+    if "=" not in arg:
+      continue
+    node = config
+    for field in path:
+      if not hasattr(node, "keys") or field not in node.keys():
+        node = None
+        break
+      node = node[field]
+    if not isinstance(node, int) or isinstance(node, bool):
+      continue
+    text = arg.split("=", 1)[1].strip()
+    try:
+      int(text)
+      continue
+    except ValueError:
+      pass
+    name = "config." + ".".join(path)
+    try:
+      number = float(text)
+    except ValueError:
+      number = None
+    if number is not None and math.isfinite(number) and number.is_integer():
+      return (f"{arg}: {name} is an integer; write {int(number)} (digits, no "
+              "exponent or decimal point)")
+    return f"{arg}: {name} must be an integer, got {text!r}"
+  return None
+
+
 def _unknown_override(argv) -> str:
   """The first `--config.x.y=` naming no field of the config file, or giving
   an integer field a value that is not an integer (`1e12`), if any."""
@@ -79,8 +146,8 @@ def _unknown_override(argv) -> str:
     file_config = config_lib.load_config_file(path.split(":", 1)[0])
   except Exception:  # pylint: disable=broad-except
     return ""  # the file's own error is reported by the flag parser
-  return (config_lib.unknown_override(file_config, argv) or
-          config_lib.bad_override_value(file_config, argv) or "")
+  return (unknown_override(file_config, argv) or
+          bad_override_value(file_config, argv) or "")
 
 
 def parse_flags(argv):
@@ -97,7 +164,7 @@ def parse_flags(argv):
           TypeError, ValueError) as e:
     # The one prefix of every user error (not absl's "FATAL Flags parsing
     # error:"), as `main` prints the errors of a run.
-    sys.stderr.write(f"ERROR: {config_lib.one_line(e)}\n")
+    sys.stderr.write(f"ERROR: {errors.one_line(e)}\n")
     sys.exit(1)
 
 
@@ -120,13 +187,13 @@ def run(config, workdir) -> None:
   if config.job == "search":
     search_job.run(config, workdir)
   elif config.job == "train":
-    train.train_and_evaluate(config, workdir)
+    train.run(config, workdir)
   else:
     with utils.workdir_lock(utils.prepare_workdir(workdir), config.job):
       if config.job == "demo":
-        demo.run_demo(config, workdir)
+        demo.run(config, workdir)
       elif config.job == "inspect":
-        inspect_job.run_inspect(config, workdir)
+        inspect_job.run(config, workdir)
 
 
 def main(argv):
@@ -147,7 +214,7 @@ def main(argv):
     except KeyboardInterrupt as e:
       if verbose:
         raise
-      message = (config_lib.one_line(e) if isinstance(e, errors.Interrupted)
+      message = (errors.one_line(e) if isinstance(e, errors.Interrupted)
                  else "Interrupted. Rerun the same command to resume from "
                  "the last checkpoint.")
       if sigterm["received"]:
@@ -169,7 +236,7 @@ def main(argv):
             "complete checkpoint.\n")
         sys.exit(1)
       if isinstance(e, errors.DeepAAError):
-        sys.stderr.write(f"ERROR: {config_lib.one_line(e)}\n")
+        sys.stderr.write(f"ERROR: {errors.one_line(e)}\n")
         sys.exit(1)
       raise  # a bug: keep the traceback
 

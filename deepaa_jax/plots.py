@@ -383,7 +383,8 @@ def _preview_arrays(key, probs, images, *, samples, space, random_sign,
 
     def layer(x, per_layer):
       i, r_k = per_layer
-      x = space_lib._apply_with(x, i, r_k, space, method)
+      x = space_lib.replay_transform_unchecked(x, i, r_k, space,
+                                               method)
       return x, x
 
     _, after = jax.lax.scan(layer, x, (idx, r))

@@ -634,6 +634,6 @@ def apply_policy(key: Array, images: Array, policy: Policy, *,
                            offset=offset)
   # The images are checked: skip `apply_chain_batch`'s check (a uint8 image
   # of 0s and 1s is valid, its float32 copy would look [0, 1]-scaled).
-  return space_lib._apply_chain_batch(  # pylint: disable=protected-access
+  return space_lib.apply_chain_batch_unchecked(
       k_apply, images, indices, policy.space, random_sign=random_sign,
       method=method, offset=offset)

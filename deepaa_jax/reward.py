@@ -112,8 +112,16 @@ def _grad_chunk(loss: PerExampleLoss, w, frozen, images, labels, weights):
 _grad_chunk_jit = jax.jit(_grad_chunk, static_argnums=0)
 
 
-def _resolve_chunk(chunk_size: int, n: int) -> int:
-  """Images per chunk: at most chunk_size, dividing n."""
+def resolve_chunk(chunk_size: int, n: int) -> int:
+  """Images per chunk: the largest count <= chunk_size that divides n.
+
+  Args:
+    chunk_size: the requested images per chunk (>= 1; larger than n is n).
+    n: images per group.
+
+  Returns:
+    An int in [1, n] dividing n (the search's chunk loop uses it too).
+  """
   per_chunk = max(1, min(n, chunk_size))
   while n % per_chunk:
     per_chunk -= 1
@@ -150,7 +158,7 @@ def group_weighted_grads(loss: PerExampleLoss, w: PyTree, frozen: PyTree,
     The tree of w with a leading axis G: sum_j weights[g, j] grad l(x_gj).
   """
   groups, n = labels.shape
-  per_chunk = _resolve_chunk(chunk_size, n)
+  per_chunk = resolve_chunk(chunk_size, n)
   chunks_per_group = n // per_chunk
   if loop == "host":
     out = []
@@ -196,7 +204,7 @@ def jvp_rewards(loss: PerExampleLoss, w: PyTree, frozen: PyTree,
     float32[G, N].
   """
   groups, n = labels.shape
-  per_chunk = _resolve_chunk(chunk_size, n)
+  per_chunk = resolve_chunk(chunk_size, n)
   xs = (_flat_chunks(images, per_chunk), _flat_chunks(labels, per_chunk),
         jnp.repeat(jnp.arange(groups), n // per_chunk))
 
@@ -241,7 +249,7 @@ def jacobian_rewards(loss: PerExampleLoss, w: PyTree, frozen: PyTree,
     float32[G, N].
   """
   groups, n = labels.shape
-  per_chunk = _resolve_chunk(chunk_size or n, n)
+  per_chunk = resolve_chunk(chunk_size or n, n)
   xs = (_flat_chunks(images, per_chunk), _flat_chunks(labels, per_chunk),
         jnp.repeat(jnp.arange(groups), n // per_chunk))
 

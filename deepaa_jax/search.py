@@ -611,7 +611,7 @@ def _sharded_loop(settings: StepSettings, aug: Augmented) -> str:
   """The chunk loop inside `_sharded_step` for one device's images."""
   if settings.loop != "host":
     return settings.loop
-  resolve = reward_lib._resolve_chunk  # pylint: disable=protected-access
+  resolve = reward_lib.resolve_chunk
   chunks = sum(groups * (n // resolve(settings.chunk_size, n))
                for groups, n in (aug.val_labels.shape, aug.g_labels.shape))
   return "host" if chunks <= _MAX_UNROLLED_CHUNKS else "scan"

@@ -540,7 +540,7 @@ def _run(config, workdir) -> Dict[str, Any]:
          "pretrain": pre_metrics, "paths": paths}
   if config.evaluate.enabled:
     cfg = evaluate_config(config, out["policy_path"])
-    out["evaluate"] = train_lib.train_and_evaluate(cfg, workdir / "evaluate")
+    out["evaluate"] = train_lib.run(cfg, workdir / "evaluate")
   if jax.process_index() == 0:
     summary = {k: v for k, v in out.items() if k != "probs"}
     summary["complete"] = True

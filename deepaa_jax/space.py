@@ -718,8 +718,24 @@ def layer_randomness(key: Array, height: int, width: int, space: SearchSpace,
                          flip_sign)
 
 
-def _apply_with(x: Array, index: Array, rnd: LayerRandomness,
-                space: SearchSpace, method: str) -> Array:
+def replay_transform_unchecked(x: Array, index: Array, rnd: LayerRandomness,
+                               space: SearchSpace, method: str) -> Array:
+  """`replay_transform` without the image check, by a chosen method.
+
+  For callers that checked their images already, or trace inside a scan
+  (`apply_chain_batch_unchecked`, `plots.policy_preview_layers`).
+
+  Args:
+    x: float32[H, W, 3] in [0, 255], integer-valued (not checked).
+    index: int32 scalar in [0, T).
+    rnd: the layer's draws and sign coin (`layer_randomness`).
+    space: the search space.
+    method: "switch" (`lax.switch`: only the chosen op runs) or "stages"
+      (every stage, selected; vmap-friendly). Both give identical pixels.
+
+  Returns:
+    float32[H, W, 3].
+  """
   if method not in _METHODS:
     raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
   impl = _transform_stages if method == "stages" else _transform_switch
@@ -743,7 +759,8 @@ def replay_transform(image: Array, index: Array, randomness: LayerRandomness,
     float32[H, W, 3].
   """
   check_images(image, rank=3, where="replay_transform", name="image")
-  return _apply_with(ops.identity(image), index, randomness, space, "switch")
+  return replay_transform_unchecked(ops.identity(image), index, randomness,
+                                    space, "switch")
 
 
 def apply_transform(key: Array, image: Array, index: Array,
@@ -783,7 +800,7 @@ def _apply_transform(key: Array, image: Array, index: Array,
   x = ops.identity(image)
   h, w, _ = x.shape
   rnd = layer_randomness(key, h, w, space, random_sign=random_sign)
-  return _apply_with(x, index, rnd, space, method)
+  return replay_transform_unchecked(x, index, rnd, space, method)
 
 
 def apply_chain(key: Array, image: Array, indices: Sequence[Array],
@@ -862,15 +879,20 @@ def apply_chain_batch(key: Array, images: Array, indices: Array,
     ImageContractError: `images` breaks the contract (see `apply_all`).
   """
   check_images(images, rank=4, where="apply_chain_batch")
-  return _apply_chain_batch(key, images, indices, space,
-                            random_sign=random_sign, method=method,
-                            offset=offset)
+  return apply_chain_batch_unchecked(key, images, indices, space,
+                                     random_sign=random_sign, method=method,
+                                     offset=offset)
 
 
-def _apply_chain_batch(key: Array, images: Array, indices: Array,
-                       space: SearchSpace, *, random_sign: bool, method: str,
-                       offset: Array) -> Array:
-  """`apply_chain_batch` without the image check (for `apply_policy`)."""
+def apply_chain_batch_unchecked(key: Array, images: Array, indices: Array,
+                                space: SearchSpace, *, random_sign: bool,
+                                method: str, offset: Array) -> Array:
+  """`apply_chain_batch` without the image check (for `apply_policy`, whose
+  images are checked before their float32 copy is made).
+
+  Args and returns as `apply_chain_batch`; `images` float32[B, H, W, 3] in
+  [0, 255], integer-valued (not checked).
+  """
   if method == "auto":
     method = "sequential" if jax.default_backend() == "cpu" else "vectorized"
   keys = example_keys(key, images.shape[0], offset=offset)
@@ -890,8 +912,8 @@ def _apply_chain_batch(key: Array, images: Array, indices: Array,
       x, idx, r = args
       x = ops.identity(x)
       for k in range(num_layers):
-        x = _apply_with(x, idx[k], jax.tree.map(lambda a: a[k], r), space,
-                        "switch")
+        r_k = jax.tree.map(lambda a: a[k], r)
+        x = replay_transform_unchecked(x, idx[k], r_k, space, "switch")
       return x
 
     return jax.lax.map(one_image, (images, jnp.asarray(indices, jnp.int32),

@@ -29,7 +29,7 @@ example indices, BN statistics and gradients are reduced over the global
 batch, and the result equals one device's up to floating-point reduction
 order.
 
-`train_and_evaluate(config, workdir)` is the CLI entry: it loads the data,
+`run(config, workdir)` is the job (the CLI entry): it loads the data,
 builds the model/policy/optimiser, resumes from the latest orbax checkpoint in
 `workdir` if there is one (with a loud warning), logs to a CLU writer and to
 `workdir/metrics.jsonl`, evaluates on the test split every
@@ -246,7 +246,7 @@ def make_optimizer(train, params: PyTree,
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _init(model: nn.Module, image_shape: Tuple[int, ...], key: Array):
+def init_variables(model: nn.Module, image_shape: Tuple[int, ...], key: Array):
   """(params, batch_stats) of `model` for images of `image_shape`; compiled
   once per (model, shape) by jit's own cache (init compiles slowly on CPU,
   ~7 s for WRN-10-1)."""
@@ -274,7 +274,7 @@ def create_train_state(key: Array, config, model: nn.Module,
   Returns:
     TrainState at step 0.
   """
-  params, batch_stats = _init(model, tuple(image_shape), key)
+  params, batch_stats = init_variables(model, tuple(image_shape), key)
   if tx is None:
     tx = make_optimizer(config.train, params, 1)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
@@ -875,7 +875,7 @@ def _train(config, workdir, *, dataset, stop_after_step):
   policy = policy_lib.make_policy(config.policy,
                                   space_lib.get_space(config.policy.space))
   init_key, run_key = run_keys(tc.seed)
-  params0, stats0 = _init(model, tuple(dataset.image_shape), init_key)
+  params0, stats0 = init_variables(model, tuple(dataset.image_shape), init_key)
   # Devices: data parallel over every device of every process (the batch
   # split on axis 0, each process feeding its rows); None: one device.
   mesh = parallel.make_mesh() if jax.device_count() > 1 else None
@@ -1144,8 +1144,8 @@ def _train(config, workdir, *, dataset, stop_after_step):
   return state, metrics
 
 
-def train_and_evaluate(config, workdir) -> Dict[str, Any]:
-  """The CLI entry point: `train(config, workdir)`'s final metrics.
+def run(config, workdir) -> Dict[str, Any]:
+  """The training job (the CLI entry): `train(config, workdir)`'s metrics.
 
   Args:
     config: a full `job="train"` config.

@@ -410,7 +410,7 @@ def check_policies(policies):
                              space_lib.get_space(config.policy.space))
     except (errors.DeepAAError, FileNotFoundError) as e:
       raise app.UsageError(f"--policies: {spec!r}: "
-                           f"{config_lib.one_line(e)}") from e
+                           f"{errors.one_line(e)}") from e
   return policies
 
 

@@ -166,7 +166,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
     with pytest.raises(error, match=None) as info:
       inspect_job.load_any_policy(config)
     assert isinstance(info.value, errors.DeepAAError)
-    line = config_lib.one_line(info.value)
+    line = errors.one_line(info.value)
     assert message in line, line
     assert "\n" not in line
 
@@ -241,7 +241,7 @@ def _check_outputs(workdir, out, layers=True):
 def test_inspect_job_on_a_found_policy(tmp_path, capsys):
   """A search's policy.json, on synthetic images (no data needed)."""
   path, found = _found_policy(tmp_path)
-  out = inspect_job.run_inspect(_config(path), tmp_path / "run")
+  out = inspect_job.run(_config(path), tmp_path / "run")
   assert out["policy"] == found
   _check_outputs(tmp_path / "run", out)
   printed = capsys.readouterr().out
@@ -258,7 +258,7 @@ def test_inspect_job_audits_a_training_step(tmp_path, capsys):
   config = _config(path)
   config.inspect.update(dict(audit_step=9, audit_seed=3, audit_examples=3,
                              layer_images=0, num_images=1, samples=1))
-  out = inspect_job.run_inspect(config, tmp_path / "run")
+  out = inspect_job.run(config, tmp_path / "run")
   saved = json.loads((tmp_path / "run" / "audit.json").read_text())
   assert saved == out["audit"] and [r["example"] for r in saved] == [0, 1, 2]
   for row in saved:
@@ -283,7 +283,7 @@ def test_inspect_job_audits_a_training_step(tmp_path, capsys):
 def test_inspect_job_on_official_policies(name, tmp_path):
   """The three official policies that the CLI test does not run, in-process
   (ImageNet ones on 224 x 224 images)."""
-  out = inspect_job.run_inspect(_config(name, image_size=0), tmp_path)
+  out = inspect_job.run(_config(name, image_size=0), tmp_path)
   assert out["policy"].name == f"deepaa_{name}"
   _check_outputs(tmp_path, out)
   total = out["table"][-1]

@@ -1397,8 +1397,9 @@ def test_v_override_values_of_integer_fields_are_checked():
   """The check behind the CLI message: an integer field given 1e12, 2.5 or
   a word; integers, other fields and unknown fields pass (unknown fields
   have their own message)."""
+  from deepaa_jax import main as cli  # pylint: disable=g-import-not-at-top
   config = _run_config("unused.npz")
-  check = lambda arg: run_config_lib.bad_override_value(config, [arg])
+  check = lambda arg: cli.bad_override_value(config, [arg])
   assert "write 1000000000000" in check("--config.train.num_steps=1e12")
   assert "must be an integer, got '2.5'" in check(
       "--config.train.batch_size=2.5")

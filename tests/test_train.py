@@ -91,8 +91,8 @@ def leaves_equal(a, b):
 # ---------------------------------------------------------------------------
 
 
-def test_train_and_evaluate_writes_outputs(tiny_npz, tmp_path):
-  metrics = train.train_and_evaluate(tiny_config(tiny_npz), str(tmp_path))
+def test_run_writes_outputs(tiny_npz, tmp_path):
+  metrics = train.run(tiny_config(tiny_npz), str(tmp_path))
   results = json.loads((tmp_path / "results.json").read_text())
   assert results["step"] == results["total_steps"] == 4 and results["complete"]
   # Recomputed from the final state (restored by a second `train` call, a
@@ -178,7 +178,8 @@ def test_batch_augmentation_loss_is_mean_over_all_copies():
   b, m = 4, 3
   model = train.build_model(ml_collections.ConfigDict({"name": "wrn_10_1"}),
                             num_classes=4)
-  params, stats = train._init(model, (SIZE, SIZE, 3), jax.random.key(0))
+  params, stats = train.init_variables(model, (SIZE, SIZE, 3),
+                                       jax.random.key(0))
   policy = policy_lib.baseline("deepta", space_lib.cifar_space(),
                                num_layers=1)
   tx = optax.sgd(0.1)
@@ -224,7 +225,8 @@ def test_audit_replays_a_real_training_step(tiny_npz, monkeypatch):
   split = dataset.splits["train"]
   model = train.build_model(ml_collections.ConfigDict({"name": "wrn_10_1"}),
                             num_classes=4)
-  params, stats = train._init(model, (SIZE, SIZE, 3), jax.random.key(0))
+  params, stats = train.init_variables(model, (SIZE, SIZE, 3),
+                                       jax.random.key(0))
   policy = policy_lib.baseline("deepta", space_lib.cifar_space(),
                                num_layers=2)
   tx = optax.sgd(0.1)
@@ -379,7 +381,7 @@ def test_weight_decay_masks():
 def test_weight_decay_mask_on_a_real_model():
   model = train.build_model(ml_collections.ConfigDict({"name": "wrn_10_1"}),
                             num_classes=4)
-  params, _ = train._init(model, (SIZE, SIZE, 3), jax.random.key(0))
+  params, _ = train.init_variables(model, (SIZE, SIZE, 3), jax.random.key(0))
   flat = jax.tree_util.tree_flatten_with_path(
       train.weight_decay_mask(params, kind="non_bn"))[0]
   for path, decay in flat:
