@@ -13,15 +13,18 @@ one object).
 
 import functools
 import io
-from typing import NamedTuple, Sequence, Tuple
+import math
+from typing import Any, Dict, NamedTuple, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deepaa_jax import input_pipeline
 from deepaa_jax import policy as policy_lib
 from deepaa_jax import search as search_lib
 from deepaa_jax import space as space_lib
+from deepaa_jax import streaming
 from deepaa_jax import utils
 
 Array = jax.Array
@@ -482,3 +485,165 @@ def draw_preview(path, preview: PolicyPreview, *, name: str = "policy",
   fig.tight_layout(pad=0.15, h_pad=0.1, w_pad=0.1,
                    rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))
   return _save(fig, path, dpi=130)
+
+
+# ---------------------------------------------------------------------------
+# Preview images (the inspect job and the search job write them).
+# ---------------------------------------------------------------------------
+
+# S of the ImageNet space's ops (cutout 60 px).
+IMAGENET_PREVIEW_SIZE = 224
+
+
+def synthetic_images(num: int, size: int = 32) -> np.ndarray:
+  """uint8[num, size, size, 3]: deterministic stand-ins for real images.
+
+  A colour gradient background, a filled disc off centre, a bar along the
+  top-left edges and a dark square, with a hue that changes per image: every
+  geometric op (shear, translate, rotate, flip, crop) moves something
+  asymmetric, and every colour op has colours and edges to change.
+  """
+  yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / max(size - 1, 1)
+  out = []
+  for i in range(num):
+    phase = 2 * math.pi * i / max(num, 1)
+    base = np.stack([0.5 + 0.4 * np.cos(phase + 3 * xx),
+                     0.5 + 0.4 * np.cos(phase + 2 + 3 * yy),
+                     0.5 + 0.4 * np.cos(phase + 4 + 2 * (xx + yy))], -1)
+    disc = (xx - 0.62) ** 2 + (yy - 0.58) ** 2 < 0.05
+    base[disc] = [0.95, 0.85 - 0.3 * (i % 2), 0.2 + 0.1 * (i % 3)]
+    bar = (yy < 0.14) & (xx < 0.75) | (xx < 0.14) & (yy < 0.5)
+    base[bar] = [0.1, 0.2, 0.7]
+    square = (np.abs(xx - 0.3) < 0.1) & (np.abs(yy - 0.75) < 0.1)
+    base[square] = 0.08
+    out.append(base)
+  return np.clip(np.rint(np.stack(out) * 255), 0, 255).astype(np.uint8)
+
+
+def _npz_test_images(path, num: int) -> np.ndarray:
+  """The first test image of classes 0, 1, ... (cycling) of an npz dataset;
+  only the test members are read."""
+  with np.load(path, allow_pickle=False) as data:
+    images = np.asarray(data["test_images"])
+    labels = (np.asarray(data["test_labels"]).reshape(-1)
+              if "test_labels" in data.files else np.arange(len(images)))
+  firsts = [int(np.flatnonzero(labels == c)[0]) for c in np.unique(labels)]
+  rest = np.setdiff1d(np.arange(len(images)), firsts)
+  order = firsts + rest.tolist()
+  picked = images[np.asarray(order[:num], np.int64)]
+  if picked.dtype != np.uint8 or picked.ndim != 4 or picked.shape[-1] != 3:
+    raise ValueError(f"test_images are {picked.dtype}{list(picked.shape)}, "
+                     "not uint8[N, H, W, 3]")
+  return picked
+
+
+def _as_dict(config) -> Dict[str, Any]:
+  return config.to_dict() if hasattr(config, "to_dict") else dict(config)
+
+
+def preview_images(input_config, space: space_lib.SearchSpace, *,
+                   num: int = 8, image_size: int = 0
+                   ) -> Tuple[np.ndarray, str]:
+  """Images to preview a policy on, and where they come from.
+
+  Args:
+    input_config: a `config.input` section (`input_pipeline`): an npz
+      source that can be read, or a TFDS one (in memory or streamed;
+      `input_pipeline.tfds_test_images`, at S x S when the run reads them
+      so), gives its first test image of each class; the default CIFAR-10
+      npz, when absent, its TFDS cifar10 if prepared; anything else (a
+      missing or unreadable file or dataset) gives `synthetic_images`.
+    space: the policy's space; the ImageNet space's images are brought to
+      `IMAGENET_PREVIEW_SIZE` (224) unless `image_size` says otherwise.
+    num: number of images.
+    image_size: S > 0 resizes to S x S (bilinear); 0 = the data's own size
+      (CIFAR space, 32 for the synthetic images) or 224 (ImageNet space).
+
+  Returns:
+    (uint8[num, S, S, 3], a one-line description of their source).
+  """
+  source = None
+  images = None
+  tfds_config = None  # read the dataset's own images from TFDS
+  if str(input_config.get("source", "npz")) == "npz":
+    path = utils.resolve_path(input_config.get("npz_path") or "")
+    if path.is_file():
+      try:
+        images = _npz_test_images(path, num)
+        source = f"the first test image of each class of {path}"
+      except Exception as e:  # pylint: disable=broad-except
+        source = (f"synthetic images ({path} could not be read: "
+                  f"{type(e).__name__}: {str(e)[:120]})")
+    else:
+      source = f"synthetic images (no npz file at {path})"
+      if (str(input_config.get("name")) == "cifar10"
+          and input_pipeline.is_default_npz_path(path)):
+        # A clone without ../shared trains on TFDS cifar10 (if prepared).
+        import ml_collections  # pylint: disable=g-import-not-at-top
+        tfds_config = ml_collections.ConfigDict(dict(
+            _as_dict(input_config), source="tfds", pipeline="memory"))
+  else:
+    tfds_config = input_config
+  if tfds_config is not None:
+    try:
+      images, source = input_pipeline.tfds_test_images(
+          tfds_config, num, streams=streaming.wants_streaming(tfds_config))
+    except Exception as e:  # pylint: disable=broad-except
+      why = (f"TFDS {str(input_config.get('name'))!r} could not be read: "
+             f"{type(e).__name__}: {' '.join(str(e).split())[:120]}")
+      source = (f"{source[:-1]}; {why})" if source else
+                f"synthetic images ({why})")
+  size = image_size or (IMAGENET_PREVIEW_SIZE if space.name == "imagenet"
+                        else 0)
+  if images is None:
+    images = synthetic_images(num, size or 32)
+    source += f" at {images.shape[1]}x{images.shape[2]}"
+  if size and images.shape[1:3] != (size, size):
+    resized = jax.image.resize(images.astype(np.float32),
+                               (len(images), size, size, 3), "bilinear")
+    images = np.clip(np.rint(np.asarray(resized)), 0, 255).astype(np.uint8)
+    source += f", resized to {size}x{size}"
+  return images, source
+
+
+def write_previews(workdir, policy: policy_lib.Policy, input_config, *,
+                   seed: int = 0, num_images: int = 8, samples: int = 8,
+                   image_size: int = 0, random_sign: bool = True,
+                   layer_images: int = 0) -> Tuple[Dict[str, str], str]:
+  """Writes `policy_preview.png` (and, with `layer_images` > 0,
+  `policy_preview_layers.png` for that many of the images) into `workdir`.
+
+  Args:
+    workdir: output folder (local or `gs://`).
+    policy: the policy.
+    input_config: the `config.input` section the images come from
+      (`preview_images`).
+    seed: PRNG seed of the draws.
+    num_images, samples: N images x S draws.
+    image_size: see `preview_images`.
+    random_sign: as training applies a policy (`config.train.random_sign`,
+      default True); captions give the value each op received.
+    layer_images: images shown with one row per layer.
+
+  Returns:
+    ({"preview_png": path[, "preview_layers_png": path]}, a one-line
+    description of the images' source).
+  """
+  workdir = utils.as_path(workdir)
+  images, source = preview_images(input_config, policy.space, num=num_images,
+                                  image_size=image_size)
+  preview = sample_preview(jax.random.key(seed), policy, images,
+                                 samples=samples, random_sign=random_sign)
+  sign = ", random sign" if random_sign else ""
+  out = {"preview_png": str(draw_preview(
+      workdir / "policy_preview.png", preview, name=policy.name,
+      title=(f"{policy.name}: {policy.num_layers} layer(s); {len(images)} "
+             f"image(s) x {samples} draws of the chain{sign}")))}
+  if layer_images > 0 and policy.num_layers > 0:
+    part = PolicyPreview(preview.stages[:layer_images],
+                               preview.indices[:layer_images],
+                               preview.labels[:layer_images])
+    out["preview_layers_png"] = str(draw_preview(
+        workdir / "policy_preview_layers.png", part, name=policy.name,
+        layers=True))
+  return out, source

@@ -28,6 +28,7 @@ The authors' npz format (spec §3.1) is read by `load_official_npz` and
 written by `save_official_npz`.
 """
 
+import csv
 import dataclasses
 import datetime
 import importlib.metadata
@@ -637,3 +638,99 @@ def apply_policy(key: Array, images: Array, policy: Policy, *,
   return space_lib.apply_chain_batch_unchecked(
       k_apply, images, indices, policy.space, random_sign=random_sign,
       method=method, offset=offset)
+
+
+# ---------------------------------------------------------------------------
+# The expected-ops table.
+# ---------------------------------------------------------------------------
+
+
+def expected_ops_table(policy: Policy) -> List[Dict[str, Any]]:
+  """Per layer: how much a policy does to an image, in expectation.
+
+  Every layer applies exactly one transform, so with p_k = p_k(Identity):
+    expected_ops      E[non-Identity transforms drawn in layer k] = 1 - p_k;
+                      the "total" row sums them (linearity of expectation).
+    random_ops        the part of it that is RandFlip, RandCutout or RandCrop
+                      (RandCutout60, RandResizeCrop for ImageNet): the
+                      baseline-like random ops.
+    p_untouched       P(layers 1..k all drew Identity) = prod_{j<=k} p_j; the
+                      "total" row is the whole chain's.
+    p_untouched_flip  the same when a RandFlip whose coin did not flip (half
+                      of them) also counts as untouched:
+                      prod_{j<=k} (p_j + p_j(RandFlip) / 2).
+  A drawn transform is counted as an op even when it happens to leave an
+  image as it was (Equalize of an equalized image, RandCrop at offset (4, 4),
+  a resized crop of the whole image): the table counts draws, not pixels.
+
+  Args:
+    policy: the policy (K layers over T transforms).
+
+  Returns:
+    K rows {"layer": k (1-based), "p_identity", "expected_ops", "random_ops",
+    "p_untouched", "p_untouched_flip"} and a last row {"layer": "total",
+    "p_identity": None, ...} with the sums and the whole-chain probabilities.
+  """
+  mass = policy.op_mass()
+  rows, untouched, untouched_flip = [], 1.0, 1.0
+  for k in range(policy.num_layers):
+    p_id = float(mass[k, space_lib.IDENTITY])
+    untouched *= p_id
+    untouched_flip *= p_id + 0.5 * float(mass[k, space_lib.FLIP])
+    rows.append({"layer": k + 1, "p_identity": p_id,
+                 "expected_ops": 1.0 - p_id,
+                 "random_ops": float(mass[k, list(space_lib.RANDOM_OPS)].sum()),
+                 "p_untouched": untouched,
+                 "p_untouched_flip": untouched_flip})
+  rows.append({"layer": "total", "p_identity": None,
+               "expected_ops": float(sum(r["expected_ops"] for r in rows)),
+               "random_ops": float(sum(r["random_ops"] for r in rows)),
+               "p_untouched": untouched, "p_untouched_flip": untouched_flip})
+  return rows
+
+
+_OPS_COLUMNS = (("layer", "layer"), ("p_identity", "p(Identity)"),
+                ("expected_ops", "E[non-Identity ops]"),
+                ("random_ops", "of which random ops"),
+                ("p_untouched", "P(untouched)"),
+                ("p_untouched_flip",
+                 "P(untouched), unflipped RandFlip counted"))
+
+
+def _ops_cell(value) -> str:
+  if value is None:
+    return ""
+  if isinstance(value, float):
+    return f"{value:.2e}" if 0 < abs(value) < 1e-3 else f"{value:.4f}"
+  return str(value)
+
+
+def expected_ops_markdown(rows: List[Dict[str, Any]]) -> str:
+  """The `expected_ops_table` rows as a markdown table with a legend."""
+  lines = ["| " + " | ".join(title for _, title in _OPS_COLUMNS) + " |",
+           "|" + "---|" * len(_OPS_COLUMNS)]
+  for row in rows:
+    cells = (_ops_cell(row[k]) for k, _ in _OPS_COLUMNS)
+    lines.append("| " + " | ".join(cells) + " |")
+  lines.append("")
+  lines.append(
+      "Per layer k: E[non-Identity ops] = 1 - p_k(Identity) (one transform "
+      "per layer; random ops = RandFlip/RandCutout/RandCrop count as ops, "
+      "the table counts draws, not changed pixels); P(untouched) = "
+      "prod_{j<=k} p_j(Identity) (layers 1..k all drew Identity); the last "
+      "column also counts a RandFlip whose coin did not flip (half of them) "
+      "as untouched. The total row: sums over layers, whole-chain "
+      "probabilities.")
+  return "\n".join(lines)
+
+
+def expected_ops_csv(rows: List[Dict[str, Any]]) -> str:
+  """The `expected_ops_table` rows as CSV (column names as in the rows)."""
+  buffer = io.StringIO()
+  writer = csv.writer(buffer, lineterminator="\n")
+  writer.writerow([k for k, _ in _OPS_COLUMNS])
+  for row in rows:
+    writer.writerow(["" if row[k] is None else
+                     repr(row[k]) if isinstance(row[k], float) else row[k]
+                     for k, _ in _OPS_COLUMNS])
+  return buffer.getvalue()

@@ -34,7 +34,6 @@ import numpy as np
 from deepaa_jax import config as config_lib
 from deepaa_jax import errors
 from deepaa_jax import input_pipeline
-from deepaa_jax import inspect_job
 from deepaa_jax import plots
 from deepaa_jax import policy as policy_lib
 from deepaa_jax import search as search_lib
@@ -449,7 +448,7 @@ def write_outputs(workdir, result: Mapping[str, Any], config) -> Dict[str, str]:
   # (the first test image of each class of config.input, else synthetic).
   # ImageNet-space searches stream S x S images: preview at that S.
   evaluate = config.get("evaluate")
-  previews, source = inspect_job.write_previews(
+  previews, source = plots.write_previews(
       workdir, policy, config.input, seed=int(config.search.seed),
       image_size=(int(config.input.image_size)
                   if policy.space.name == "imagenet" else 0),

@@ -15,6 +15,7 @@ import pytest
 from deepaa_jax import config as config_lib
 from deepaa_jax import errors
 from deepaa_jax import inspect_job
+from deepaa_jax import plots
 from deepaa_jax import policy as policy_lib
 from deepaa_jax import space as space_lib
 from deepaa_jax import train
@@ -82,7 +83,7 @@ def test_expected_ops_table_by_hand():
   probs[0, [0, CIFAR.index_of("RandFlip"), CIFAR.index_of("ShearX", 0)]] = (
       0.5, 0.2, 0.3)
   probs[1, [0, CIFAR.index_of("RandCrop")]] = 0.25, 0.75
-  rows = inspect_job.expected_ops_table(policy_lib.Policy(probs, "cifar"))
+  rows = policy_lib.expected_ops_table(policy_lib.Policy(probs, "cifar"))
   assert [r["layer"] for r in rows] == [1, 2, "total"]
   expected = {  # p_identity, expected_ops, random_ops, untouched, flip-adjusted
       1: (0.5, 0.5, 0.2, 0.5, 0.5 + 0.1),
@@ -95,15 +96,15 @@ def test_expected_ops_table_by_hand():
     assert got[0] == want[0] if want[0] is None else got[0] == pytest.approx(
         want[0])
     assert got[1:] == pytest.approx(want[1:])
-  markdown = inspect_job.table_markdown(rows)
+  markdown = policy_lib.expected_ops_markdown(rows)
   assert "| 2 | 0.2500 | 0.7500 | 0.7500 | 0.1250 | 0.1500 |" in markdown
   assert "| total |  | 1.2500 | 0.9500 | 0.1250 | 0.1500 |" in markdown
-  parsed = list(csv.DictReader(io.StringIO(inspect_job.table_csv(rows))))
+  parsed = list(csv.DictReader(io.StringIO(policy_lib.expected_ops_csv(rows))))
   assert [r["layer"] for r in parsed] == ["1", "2", "total"]
   assert float(parsed[2]["expected_ops"]) == pytest.approx(1.25)
   assert parsed[2]["p_identity"] == ""
   # K = 0: nothing happens to an image.
-  none = inspect_job.expected_ops_table(policy_lib.baseline("none", CIFAR))
+  none = policy_lib.expected_ops_table(policy_lib.baseline("none", CIFAR))
   assert none == [{"layer": "total", "p_identity": None, "expected_ops": 0.0,
                    "random_ops": 0.0, "p_untouched": 1.0,
                    "p_untouched_flip": 1.0}]
@@ -192,19 +193,19 @@ def test_validate_inspect_config():
 
 def test_preview_images_fall_back_to_synthetic_and_resize():
   config = _config("cifar_1")
-  images, source = inspect_job.preview_images(config.input, CIFAR, num=4)
+  images, source = plots.preview_images(config.input, CIFAR, num=4)
   assert images.shape == (4, 32, 32, 3) and images.dtype == np.uint8
   assert source.startswith("synthetic images (no npz file at")
   assert len({im.tobytes() for im in images}) == 4  # all different
   config.input.source = "tfds"
   config.input.data_dir = "/nonexistent/tfds"
-  images, source = inspect_job.preview_images(
+  images, source = plots.preview_images(
       config.input, space_lib.imagenet_space(), num=2)
   assert images.shape == (2, 224, 224, 3)
   # A TFDS input that is not prepared: synthetic, saying why.
   assert "TFDS 'cifar10' could not be read" in source, source
   assert "224x224" in source
-  images, _ = inspect_job.preview_images(config.input, CIFAR, num=2,
+  images, _ = plots.preview_images(config.input, CIFAR, num=2,
                                          image_size=48)
   assert images.shape == (2, 48, 48, 3)
 
@@ -213,7 +214,7 @@ def test_preview_images_fall_back_to_synthetic_and_resize():
 def test_preview_images_are_the_first_test_image_of_each_class():
   config = config_lib.load_config_file(REPO / "configs" / "inspect.py")
   config.input.npz_path = str(CIFAR10_NPZ)
-  images, source = inspect_job.preview_images(config.input, CIFAR, num=3)
+  images, source = plots.preview_images(config.input, CIFAR, num=3)
   with np.load(CIFAR10_NPZ) as data:
     labels = data["test_labels"][:100]
     test = data["test_images"][:100]
