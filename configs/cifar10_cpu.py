@@ -25,12 +25,7 @@ RandCutout 0.99 (the official cifar_1/cifar_2 layer 2: 0.92 / 0.99) only
 once lr x steps passed ~10. 30 x 0.1 = 3 cannot get there; 60 x 0.2 = 12 can.
 E = 1 halves the stage-k step (2.35 -> 1.35 s measured; the prefix average
 is left to the steps), which pays for the doubled step count. Measured end
-to end on the idle 2-core VM: 7 min 59 s (the code before the issue-10
-redesign: 7 min 59 s on the same machine the same hour; 7 min 4 s on an
-earlier, faster day). Layer 2 RandCutout 0.962, layer 3 RandCutout 0.44 /
-Identity 0.24 / AutoContrast 0.14 (before the optax schedule and tree-utility
-swap of issue 10, which changed float32 rounding: 0.943 and 0.42 / 0.26 /
-0.17).
+to end on the idle 2-core VM with the 4-epoch network: 7 min 59 s.
 
 The search network (issue 18): WRN-10-1 pretrained with the official recipe
 reaches 38.0 % test accuracy after 4 epochs (the earlier value of this
