@@ -76,8 +76,11 @@ def test_labels_name_the_sampled_transforms_signs_and_flips():
         label = preview.labels[n][s][k]
         op = CIFAR.op_names[CIFAR.ops[index]]
         assert label.startswith(op), (label, op)
+        # The preview shows what training applies: the evaluation table's
+        # level values (float64 m / 12, spec §4.1), e.g. TranslateY(-0.37)
+        # where the search's float32 table rounds to -0.38.
         assert label == plots.transform_label(
-            CIFAR, index, negated=layer["sign"] == -1,
+            policy.space, index, negated=layer["sign"] == -1,
             flipped=layer["draws"]["flip"])
         seen_negated += layer["sign"] == -1
         seen_unflipped += label == "RandFlip(no)"
