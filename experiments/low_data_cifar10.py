@@ -111,6 +111,13 @@ flags.DEFINE_string("short_table",
                     str(REPO / "docs" / "results_low_data_short.md"),
                     "The earlier short-training report, whose table is "
                     "appended below the main one (if the file exists).")
+flags.DEFINE_string("short_title",
+                    "Short training (earlier table): 4,000 images x 10 epochs",
+                    "Heading of the appended short-training table.")
+flags.DEFINE_string("short_note",
+                    "too short for any policy to pay off (every augmentation "
+                    "lowers accuracy), so it cannot rank policies.",
+                    "What the appended short-training table shows.")
 flags.DEFINE_string("out_md", str(REPO / "docs" / "results_low_data.md"),
                     "Markdown results.")
 flags.DEFINE_string("out_png", str(REPO / "docs" / "results_low_data.png"),
@@ -220,7 +227,12 @@ def _short_table(path) -> list:
   if not path.is_file():
     return []
   lines = path.read_text().split("\n")
-  table = [l for l in lines if l.startswith("|")]
+  table = []  # every table, one blank line between two tables
+  for prev, line in zip([""] + lines, lines):
+    if line.startswith("|"):
+      if table and not prev.startswith("|"):
+        table.append("")
+      table.append(line)
   settings = [l for l in lines if l.startswith("- ")]
   return table + [""] + settings
 
@@ -300,12 +312,11 @@ def write_report(rows, settings, path_md, path_png, wall_s):
   short = _short_table(FLAGS.short_table)
   if short:
     lines += [
-        "## Short training (earlier table): 4,000 images x 10 epochs", "",
+        f"## {FLAGS.short_title}", "",
         "Kept for reference from "
         f"[{pathlib.Path(FLAGS.short_table).name}]"
-        f"({pathlib.Path(FLAGS.short_table).name}): too short for any policy "
-        "to pay off (every augmentation lowers accuracy), so it cannot rank "
-        "policies.", ""] + short + [""]
+        f"({pathlib.Path(FLAGS.short_table).name}): {FLAGS.short_note}", ""
+    ] + short + [""]
   path_md = pathlib.Path(path_md)
   path_md.parent.mkdir(parents=True, exist_ok=True)
   path_md.write_text("\n".join(lines))
