@@ -1,8 +1,16 @@
 """Low-data CIFAR-10: augmentation policies x 3 seeds, ranked on the full test set.
 
-  python experiments/low_data_cifar10.py                 # the main table, ~2 h on 2 CPU cores
+  # The main table (200 epochs; ~8-15 min per run on 2 idle CPU cores):
   python experiments/low_data_cifar10.py \
-      --policy_files=found=runs/cifar10_cpu_long/policy.json   # + a found policy
+      --policy_files=found=docs/policies/cifar10_cpu.json \
+      --policies=none,standard,found,deepaa_cifar_1,found@k1+standard_cutout \
+      --short_table=docs/results_low_data_60ep.md \
+      --short_title="Short training: 1,000 images x 60 epochs"
+  # The 60-epoch table (docs/results_low_data_60ep.md):
+  python experiments/low_data_cifar10.py --epochs=60 \
+      --policy_files=found=docs/policies/cifar10_cpu_long.json \
+      --out_md=docs/results_low_data_60ep.md \
+      --out_png=docs/results_low_data_60ep.png
   python experiments/low_data_cifar10.py --epochs=1 --seeds=1 --subset=400 \
       --policies=none,deepaa_cifar_1 --workdir=/tmp/low_data_smoke \
       --record=/tmp/low_data_smoke/runs.json \
@@ -32,7 +40,13 @@ evaluated on the full 10,000-image test set. Policies:
 
 A file NAME is added to --policies unless --policies names a variant of it.
 
-The regime (chosen from pilots, see docs/results_low_data.md): 1,000 images
+The regime: 1,000 images (100 per class) trained for 200 epochs (6,200
+steps of 32). At 60 epochs (docs/results_low_data_60ep.md) every policy
+stronger than crop + flip underfits (its network gets only 56-59 % of its
+own clean training images right, still rising when the learning rate
+reaches 0); at 200 epochs the official cifar_1 comes within a point of
+standard, which is where the paper's claim can be tested on a CPU (issue 18).
+The 60-epoch regime was chosen from pilots: 1,000 images
 (100 per class) trained for 60 epochs (1,875 steps of 32), so that the
 network memorises its data without augmentation (train accuracy 1.0) and
 augmentation has room to help: the pilot measured standard - none = +7.7
@@ -84,7 +98,7 @@ POLICIES = ("none", "standard", "standard_cutout", "trivialaugment", "deepta",
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "runs/low_data_cifar10", "Root of the runs.")
-flags.DEFINE_float("epochs", 60, "Epochs of the subset per run.")
+flags.DEFINE_float("epochs", 200, "Epochs of the subset per run.")
 flags.DEFINE_integer("seeds", 3, "Seeds per policy (0..seeds-1).")
 flags.DEFINE_list("policies", list(POLICIES),
                   "Policies to run: names, NAME@kK (first K layers) and "
@@ -100,11 +114,13 @@ flags.DEFINE_list("policy_files", [],
                   "added to --policies.")
 flags.DEFINE_string("record", str(REPO / "docs" / "results_low_data_runs.json"),
                     "Finished runs (JSON list), read to skip and appended to.")
-flags.DEFINE_list("pairs", ["standard:none", "found:standard",
+flags.DEFINE_list("pairs", ["found:none", "found:standard",
+                            "found:deepaa_cifar_1",
+                            "found@k1+standard_cutout:standard",
+                            "standard:none",
                             "deepaa_cifar_1:standard",
                             "deepaa_cifar_2:standard", "found:deepta",
-                            "found_std0:standard", "found:found_std0",
-                            "found:deepaa_cifar_1"],
+                            "found_std0:standard", "found:found_std0"],
                   "Paired differences A:B over the same seeds (pairs whose "
                   "policies did not run are left out).")
 flags.DEFINE_string("short_table",
