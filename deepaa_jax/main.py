@@ -234,7 +234,12 @@ def main(argv):
             f"{'; its partial checkpoint was removed' if removed else ''}. "
             "Free space and rerun the same command to resume from the last "
             "complete checkpoint.\n")
-        sys.exit(1)
+        # orbax's background save threads are left failing on the full disk
+        # and print tracebacks when the interpreter shuts down: skip that
+        # shutdown (the job's own finally blocks, the lock included, ran).
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(1)  # pylint: disable=protected-access
       if isinstance(e, errors.DeepAAError):
         sys.stderr.write(f"ERROR: {errors.one_line(e)}\n")
         sys.exit(1)
